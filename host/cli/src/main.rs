@@ -1,0 +1,401 @@
+//! The `capbridge` command: run the host, list components, check and explain policies.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use capbridge_policy::Policy;
+use capbridge_runtime::linker::{classify, Grantable, ImportKind};
+use capbridge_runtime::{
+    CallOptions, ComponentInfo, ComponentStatus, LoadEvent, Runtime, RuntimeConfig,
+};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
+
+/// capbridge: a native capability host whose capabilities are sandboxed WebAssembly components,
+/// each getting only what its policy file grants.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Directory of component `.wasm` files [default: ./components if present, else the XDG data dir]
+    #[arg(long, global = true, env = "CAPBRIDGE_COMPONENTS")]
+    components: Option<PathBuf>,
+    /// Directory of policy files, one `<component-id>.toml` each [default: ./policy if present, else the XDG data dir]
+    #[arg(long, global = true, env = "CAPBRIDGE_POLICIES")]
+    policies: Option<PathBuf>,
+    /// Directory of compiled components [default: the XDG cache dir]
+    #[arg(long, global = true, env = "CAPBRIDGE_CACHE")]
+    cache: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load every component and keep running (headless) until Ctrl-C or SIGTERM.
+    Serve,
+    /// Inspect and call components.
+    #[command(subcommand)]
+    Component(ComponentCommand),
+    /// Check and explain policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum ComponentCommand {
+    /// Each component: whether it loaded (or why not), its imports against its grants, its exports.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call an exported function with JSON arguments and print the JSON result.
+    Call {
+        component: String,
+        function: String,
+        /// Arguments as a JSON object keyed by parameter name.
+        #[arg(default_value = "{}")]
+        args: String,
+        /// Also print every host call the component made.
+        #[arg(long)]
+        record: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate every policy and show, per component, its imports against its grants.
+    Check,
+    /// A reviewer's plain-language summary of one policy, risky grants flagged.
+    Explain {
+        /// A policy file, or a component id (read from the policy directory).
+        policy: String,
+    },
+    /// Print the JSON Schema of the policy format.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("CAPBRIDGE_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                ),
+        )
+        .with(capbridge_runtime::recorder::layer())
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = runtime_config(&cli)?;
+    match cli.command {
+        Command::Policy(PolicyCommand::Explain { policy }) => {
+            let file = if Path::new(&policy).is_file()
+                || policy.contains('/')
+                || policy.ends_with(".toml")
+            {
+                PathBuf::from(&policy)
+            } else {
+                config.policy_dir.join(format!("{policy}.toml"))
+            };
+            let id = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let policy = Policy::load(&id, &file)?;
+            print!("{}", policy.explain());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Schema) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&capbridge_policy::schema())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Check) => {
+            let runtime = load(config)?;
+            Ok(policy_check(&runtime))
+        }
+        Command::Component(ComponentCommand::List { json }) => {
+            let runtime = load(config)?;
+            if json {
+                let list: Vec<&ComponentInfo> = runtime.components().collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for info in runtime.components() {
+                    print_component(info);
+                }
+                if runtime.components().next().is_none() {
+                    println!(
+                        "no components in {}",
+                        runtime.config().components_dir.display()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Component(ComponentCommand::Call {
+            component,
+            function,
+            args,
+            record,
+        }) => {
+            let args: serde_json::Value =
+                serde_json::from_str(&args).context("arguments are not valid JSON")?;
+            let runtime = load(config)?;
+            let tokio = tokio::runtime::Runtime::new()?;
+            let options = CallOptions {
+                record,
+                ..CallOptions::default()
+            };
+            let outcome = tokio.block_on(runtime.call(&component, &function, &args, &options))?;
+            if !outcome.stdout.bytes.is_empty() {
+                eprintln!(
+                    "--- stdout ---\n{}",
+                    String::from_utf8_lossy(&outcome.stdout.bytes)
+                );
+            }
+            if !outcome.stderr.bytes.is_empty() {
+                eprintln!(
+                    "--- stderr ---\n{}",
+                    String::from_utf8_lossy(&outcome.stderr.bytes)
+                );
+            }
+            for call in &outcome.host_calls {
+                let inputs: Vec<String> = call
+                    .inputs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                eprintln!(
+                    "host call {}#{}({}) -> {}",
+                    call.interface,
+                    call.function,
+                    inputs.join(", "),
+                    call.output.as_deref().unwrap_or("(no return)")
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&outcome.result)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => serve(config),
+    }
+}
+
+fn serve(config: RuntimeConfig) -> anyhow::Result<ExitCode> {
+    let runtime = load(config)?;
+    let loaded = runtime
+        .components()
+        .filter(|c| c.status == ComponentStatus::Loaded)
+        .count();
+    let total = runtime.components().count();
+    println!(
+        "capbridge: {loaded} of {total} components loaded; events are logged here. Ctrl-C to stop."
+    );
+    println!("(the localhost HTTP contract is not served by this version yet)");
+    let tokio = tokio::runtime::Runtime::new()?;
+    tokio.block_on(async {
+        let mut events = runtime.events().subscribe();
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+                event = events.recv() => if let Ok(event) = event {
+                    tracing::info!(source = %event.source, topic = %event.topic, "event {}", event.payload);
+                },
+            }
+        }
+        println!("capbridge: stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads every component, showing compile progress on stderr (a first start compiles; later
+/// starts read the compile cache).
+fn load(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+    let mut runtime = Runtime::new(config)?;
+    runtime.load_all(&mut |event| {
+        if let LoadEvent::Compiling {
+            component,
+            index,
+            total,
+        } = event
+        {
+            eprintln!(
+                "compiling {component} ({index} of {total}); later starts use the compile cache"
+            );
+        }
+    })?;
+    Ok(runtime)
+}
+
+fn runtime_config(cli: &Cli) -> anyhow::Result<RuntimeConfig> {
+    let dirs = directories::ProjectDirs::from("", "", "capbridge");
+    let default_dir = |local: &str, data_sub: &str| -> anyhow::Result<PathBuf> {
+        if Path::new(local).is_dir() {
+            return Ok(PathBuf::from(local));
+        }
+        let dirs = dirs
+            .as_ref()
+            .context("no home directory: pass --components and --policies")?;
+        Ok(dirs.data_dir().join(data_sub))
+    };
+    Ok(RuntimeConfig {
+        components_dir: match &cli.components {
+            Some(dir) => dir.clone(),
+            None => default_dir("components", "components")?,
+        },
+        policy_dir: match &cli.policies {
+            Some(dir) => dir.clone(),
+            None => default_dir("policy", "policy")?,
+        },
+        cache_dir: match &cli.cache {
+            Some(dir) => dir.clone(),
+            None => dirs
+                .as_ref()
+                .context("no home directory: pass --cache")?
+                .cache_dir()
+                .join("compiled"),
+        },
+        determinism: None,
+    })
+}
+
+fn describe_import(import: &str, info: &ComponentInfo) -> (bool, String) {
+    match classify(import) {
+        ImportKind::Baseline => (true, "baseline".into()),
+        ImportKind::Grantable(g) => match &info.policy {
+            Some(policy) if g.granted_by(policy) => {
+                (true, format!("granted by {}", g.policy_key()))
+            }
+            _ => (false, format!("NOT GRANTED: needs {}", g.policy_key())),
+        },
+        ImportKind::NotProvided => (false, "NOT PROVIDED by capbridge".into()),
+    }
+}
+
+fn grants_summary(policy: &Policy) -> Vec<String> {
+    let mut grants = Vec::new();
+    for dir in &policy.directories {
+        grants.push(format!(
+            "directory {} as {} ({:?})",
+            dir.host.display(),
+            dir.guest,
+            dir.access
+        ));
+    }
+    if !policy.environment.is_empty() {
+        grants.push(format!("environment {}", policy.environment.join(", ")));
+    }
+    for net in &policy.network {
+        grants.push(format!("network {}", net.text));
+    }
+    if !policy.events.is_empty() {
+        let topics: Vec<String> = policy.events.iter().map(|t| t.to_string()).collect();
+        grants.push(format!("events {}", topics.join(", ")));
+    }
+    if Grantable::Log.granted_by(policy) {
+        grants.push("log".into());
+    }
+    grants
+}
+
+fn print_component(info: &ComponentInfo) {
+    match &info.status {
+        ComponentStatus::Loaded => println!("{}  loaded", info.id),
+        ComponentStatus::Failed { reason } => println!("{}  NOT LOADED: {reason}", info.id),
+    }
+    println!("  wasm:    {}", info.wasm_path.display());
+    println!("  policy:  {}", info.policy_path.display());
+    if let Some(policy) = &info.policy {
+        let grants = grants_summary(policy);
+        println!(
+            "  grants:  {}",
+            if grants.is_empty() {
+                "nothing beyond the baseline".into()
+            } else {
+                grants.join("; ")
+            }
+        );
+    }
+    if !info.imports.is_empty() {
+        println!("  imports:");
+        for import in &info.imports {
+            println!("    {import}  ({})", describe_import(import, info).1);
+        }
+    }
+    if !info.exports.is_empty() {
+        println!("  exports:");
+        for export in &info.exports {
+            match &export.unsupported {
+                None => println!("    {}", export.signature),
+                Some(why) => println!("    {}  (not callable with JSON: {why})", export.signature),
+            }
+        }
+    }
+    println!();
+}
+
+/// Prints every component's imports against its grants and every policy's validity; returns
+/// failure if anything is wrong.
+fn policy_check(runtime: &Runtime) -> ExitCode {
+    let mut problems = 0;
+    for info in runtime.components() {
+        let ok = info.status == ComponentStatus::Loaded;
+        println!(
+            "{}: {}  ({})",
+            info.id,
+            if ok { "ok" } else { "PROBLEM" },
+            info.policy_path.display()
+        );
+        for import in &info.imports {
+            let (ok, why) = describe_import(import, info);
+            println!("  {} {import}  {why}", if ok { "✓" } else { "✗" });
+        }
+        if let ComponentStatus::Failed { reason } = &info.status {
+            println!("  {reason}");
+            problems += 1;
+        }
+    }
+    for orphan in runtime.orphan_policies() {
+        let id = orphan
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        match Policy::load(id, &orphan) {
+            Ok(_) => println!(
+                "{id}: policy is valid, but there is no component {id}.wasm  ({})",
+                orphan.display()
+            ),
+            Err(e) => {
+                println!("{id}: PROBLEM  {e}");
+                problems += 1;
+            }
+        }
+    }
+    if problems == 0 {
+        println!("all policies valid; every component's imports are granted");
+        ExitCode::SUCCESS
+    } else {
+        println!("{problems} problem(s)");
+        ExitCode::FAILURE
+    }
+}

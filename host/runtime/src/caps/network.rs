@@ -1,0 +1,108 @@
+//! Outbound HTTP(S) for components, through `wasi:http/outgoing-handler`, scoped to the granted
+//! origins.
+//!
+//! Each request is checked before anything is sent: its scheme, host and port must match a
+//! `grants.network` entry exactly, and every address the host resolves to must be public unless
+//! the grant itself names a private address (`http://127.0.0.1:8080`, `http://localhost:3000`).
+//! A hostname that resolves into a private range is refused, so a grant for a public name cannot
+//! be turned against this machine or the local network by DNS.
+//!
+//! Limitation: the connection resolves the name again after the check; a resolver that changes
+//! its answer between the two lookups (DNS rebinding at sub-second TTL) is not defended against
+//! for plain `http://` grants. HTTPS grants are additionally bound to the name by TLS.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use capbridge_policy::{is_private_address, Policy, Scheme};
+use http::uri::Scheme as UriScheme;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// The `wasi:http` hooks of one store: the policy decides where requests may go.
+pub struct NetworkHooks {
+    policy: Arc<Policy>,
+}
+
+impl NetworkHooks {
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self { policy }
+    }
+}
+
+type ResponseFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
+impl WasiHttpHooks for NetworkHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _request_body_result: ResponseFuture,
+    ) -> Box<
+        dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, ResponseFuture)>>
+            + Send,
+    > {
+        let policy = self.policy.clone();
+        Box::new(async move {
+            if let Err(reason) = check_request(&policy, request.uri()).await {
+                tracing::warn!(target: "capbridge::audit", component = %policy.component_id, uri = %redact_query(request.uri()), "denied: {reason}");
+                return Err(HttpError::HttpRequestDenied);
+            }
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as ResponseFuture,
+            ))
+        })
+    }
+}
+
+/// Decides whether a request to `uri` may be sent under `policy`; the error says why not.
+pub async fn check_request(policy: &Policy, uri: &http::Uri) -> Result<(), String> {
+    let scheme = match uri.scheme() {
+        Some(s) if *s == UriScheme::HTTP => Scheme::Http,
+        Some(s) if *s == UriScheme::HTTPS => Scheme::Https,
+        other => return Err(format!("scheme {other:?} is not http or https")),
+    };
+    let host = uri.host().ok_or("the request has no host")?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    });
+    let Some(grant) = policy.network_grant_for(scheme, &host, port) else {
+        return Err(format!(
+            "{scheme}://{host}:{port} is not granted by {}",
+            policy.source.display()
+        ));
+    };
+    if grant.names_private_address() {
+        return Ok(());
+    }
+    let addresses = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    for address in addresses {
+        if is_private_address(address.ip()) {
+            return Err(format!(
+                "{host} resolves to the private address {}, and the grant `{}` does not name it",
+                address.ip(),
+                grant.text
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The URI without its query string, which may carry secrets, for the audit log.
+fn redact_query(uri: &http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("?"),
+        uri.authority().map(|a| a.as_str()).unwrap_or("?"),
+        uri.path()
+    )
+}

@@ -1,0 +1,26 @@
+//! capbridge's component runtime.
+//!
+//! - [`engine`]: the one wasmtime [`Engine`](wasmtime::Engine) (pooling allocator, epoch ticks).
+//! - [`cache`]: compiled components on disk, keyed by content and engine compatibility.
+//! - [`linker`]: a linker holding only what a policy grants, and the import check before it.
+//! - [`state`]: the per-store host state built from a policy (WASI context, limits, captures).
+//! - [`caps`]: the host side of each capbridge interface in `wit/`.
+//! - [`values`]: the generic JSON ⇄ WIT conversion and JSON Schemas for exports.
+//! - [`recorder`]: the one layer every host import call passes through, able to record it.
+//! - [`runtime`]: discovery, loading and invocation with limits — the API the rest of capbridge uses.
+
+pub mod cache;
+pub mod caps;
+pub mod engine;
+pub mod linker;
+pub mod output;
+pub mod recorder;
+pub mod runtime;
+pub mod state;
+pub mod values;
+
+pub use capbridge_policy as policy;
+pub use runtime::{
+    CallError, CallOptions, CallOutcome, ComponentInfo, ComponentStatus, ExportInfo, LoadEvent,
+    Runtime, RuntimeConfig, Signature,
+};

@@ -1,0 +1,158 @@
+//! The host state of one store, built from a component's policy: what the guest's WASI calls
+//! see (only the granted directories and environment variables), its limits, and its captured
+//! output.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capbridge_policy::{Access, Policy};
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::caps::events::EventBus;
+use crate::caps::network::NetworkHooks;
+use crate::output::CappedOutput;
+
+/// What the capbridge interfaces of a store act on: the policy that scopes them and the bus.
+pub struct Grants {
+    pub policy: Arc<Policy>,
+    pub events: EventBus,
+}
+
+/// The `T` of every `Store<T>` capbridge creates.
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    network: NetworkHooks,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) grants: Grants,
+    pub(crate) stdout: CappedOutput,
+    pub(crate) stderr: CappedOutput,
+}
+
+/// Clocks and randomness fixed for replay: the same seed and start give the same values in
+/// the same order, so a recorded call can be run again and compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Determinism {
+    /// Wall-clock time at the first read, as a duration since the Unix epoch.
+    pub wall_clock_start: Duration,
+    /// Seed of both the secure and the insecure random streams.
+    pub seed: u64,
+}
+
+impl HostState {
+    pub fn new(
+        policy: Arc<Policy>,
+        events: EventBus,
+        determinism: Option<Determinism>,
+    ) -> anyhow::Result<Self> {
+        let output_cap = usize::try_from(policy.limits.output_bytes).unwrap_or(usize::MAX);
+        let stdout = CappedOutput::new(output_cap);
+        let stderr = CappedOutput::new(output_cap);
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        for name in &policy.environment {
+            if let Ok(value) = std::env::var(name) {
+                wasi.env(name, value);
+            }
+        }
+        for dir in &policy.directories {
+            let perms = match dir.access {
+                Access::ReadOnly => FsPerms::ReadOnly,
+                Access::ReadWrite => FsPerms::ReadWrite,
+            };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| {
+                    anyhow::anyhow!("opening granted directory {}: {e}", dir.host.display())
+                })?;
+        }
+        if let Some(determinism) = determinism {
+            let seed = determinism.seed.to_le_bytes().to_vec();
+            wasi.secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
+                .insecure_random(wasmtime_wasi::Deterministic::new(seed))
+                .insecure_random_seed(u128::from(determinism.seed))
+                .wall_clock(ReplayWallClock::new(determinism.wall_clock_start))
+                .monotonic_clock(ReplayMonotonicClock::default());
+        }
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(policy.limits.memory_bytes).unwrap_or(usize::MAX))
+            .table_elements(policy.limits.table_elements as usize)
+            .build();
+        Ok(Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            network: NetworkHooks::new(policy.clone()),
+            table: ResourceTable::new(),
+            limits,
+            grants: Grants { policy, events },
+            stdout,
+            stderr,
+        })
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.network,
+        }
+    }
+}
+
+/// Each read advances a replayed clock by this much, so time still moves forward.
+const REPLAY_CLOCK_STEP: Duration = Duration::from_millis(1);
+
+/// A wall clock that starts at a fixed instant and advances one step per read.
+struct ReplayWallClock {
+    start: Duration,
+    reads: AtomicU64,
+}
+
+impl ReplayWallClock {
+    fn new(start: Duration) -> Self {
+        Self {
+            start,
+            reads: AtomicU64::new(0),
+        }
+    }
+}
+
+impl HostWallClock for ReplayWallClock {
+    fn resolution(&self) -> Duration {
+        REPLAY_CLOCK_STEP
+    }
+    fn now(&self) -> Duration {
+        let reads = self.reads.fetch_add(1, Ordering::Relaxed);
+        self.start + REPLAY_CLOCK_STEP * u32::try_from(reads).unwrap_or(u32::MAX)
+    }
+}
+
+/// A monotonic clock that starts at zero and advances one step per read.
+#[derive(Default)]
+struct ReplayMonotonicClock {
+    reads: AtomicU64,
+}
+
+impl HostMonotonicClock for ReplayMonotonicClock {
+    fn resolution(&self) -> u64 {
+        REPLAY_CLOCK_STEP.as_nanos() as u64
+    }
+    fn now(&self) -> u64 {
+        self.reads.fetch_add(1, Ordering::Relaxed) * REPLAY_CLOCK_STEP.as_nanos() as u64
+    }
+}

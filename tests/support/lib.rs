@@ -1,0 +1,150 @@
+//! Shared set-up for capbridge's end-to-end tests: real components built from source (by
+//! `cargo xtask build`), loaded into a real runtime from a temporary components/policy layout.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use capbridge_runtime::{ComponentStatus, Runtime, RuntimeConfig};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// A guest test program from `tests/programs/<name>`, built for wasm32-wasip2.
+pub fn program(name: &str) -> PathBuf {
+    let path = root()
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo xtask test` (or `cargo xtask build`) first",
+        path.display()
+    );
+    path
+}
+
+/// A first-party component as installed by `cargo xtask build`.
+pub fn component(id: &str) -> PathBuf {
+    let path = root().join("components").join(format!("{id}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo xtask test` (or `cargo xtask build`) first",
+        path.display()
+    );
+    path
+}
+
+/// One compile cache for all tests, so each component compiles once per test run.
+pub fn shared_cache_dir() -> PathBuf {
+    root().join("target/test-compile-cache")
+}
+
+/// Installs a tracing subscriber with the host-call recorder (once per test binary).
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry().with(capbridge_runtime::recorder::layer());
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in tests");
+    });
+}
+
+/// A temporary components directory and policy directory.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("components")).expect("components dir");
+        std::fs::create_dir(dir.path().join("policy")).expect("policy dir");
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn components_dir(&self) -> PathBuf {
+        self.path().join("components")
+    }
+
+    pub fn policy_dir(&self) -> PathBuf {
+        self.path().join("policy")
+    }
+
+    pub fn policy_path(&self, id: &str) -> PathBuf {
+        self.policy_dir().join(format!("{id}.toml"))
+    }
+
+    /// Adds component `id` from `wasm`, with `policy` as its policy file (or none).
+    pub fn add(&self, id: &str, wasm: &Path, policy: Option<&str>) -> &Self {
+        std::fs::copy(wasm, self.components_dir().join(format!("{id}.wasm")))
+            .expect("copy component");
+        if let Some(policy) = policy {
+            std::fs::write(self.policy_path(id), policy).expect("write policy");
+        }
+        self
+    }
+
+    pub fn config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            components_dir: self.components_dir(),
+            policy_dir: self.policy_dir(),
+            cache_dir: shared_cache_dir(),
+            determinism: None,
+        }
+    }
+
+    /// A runtime with every component of the fixture loaded (or failed, with its reason).
+    pub fn runtime(&self) -> Runtime {
+        runtime_with(self.config())
+    }
+}
+
+pub fn runtime_with(config: RuntimeConfig) -> Runtime {
+    let mut runtime = Runtime::new(config).expect("engine");
+    runtime.load_all(&mut |_| {}).expect("load");
+    runtime
+}
+
+/// The reason `id` did not load; panics if it loaded.
+pub fn failure(runtime: &Runtime, id: &str) -> String {
+    match &runtime
+        .component(id)
+        .unwrap_or_else(|| panic!("no component {id}"))
+        .status
+    {
+        ComponentStatus::Failed { reason } => reason.clone(),
+        ComponentStatus::Loaded => panic!("{id} loaded, but it should not have"),
+    }
+}
+
+/// Panics unless `id` loaded.
+pub fn assert_loaded(runtime: &Runtime, id: &str) {
+    match &runtime
+        .component(id)
+        .unwrap_or_else(|| panic!("no component {id}"))
+        .status
+    {
+        ComponentStatus::Loaded => {}
+        ComponentStatus::Failed { reason } => panic!("{id} did not load: {reason}"),
+    }
+}
+
+/// A policy file granting nothing beyond the baseline, with extra TOML appended.
+pub fn policy(extra: &str) -> String {
+    format!("version = 1\n{extra}\n")
+}

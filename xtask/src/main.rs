@@ -1,0 +1,185 @@
+//! `cargo xtask`: the set-up and orchestration behind the README's two commands.
+//!
+//! - `cargo xtask serve [ARGS]`: check the machine, build the guest components, run `capbridge serve`.
+//! - `cargo xtask test`: check the machine, build the guest components, run every test and check.
+//! - `cargo xtask build`: build the guest components only (into `components/<id>.wasm`).
+//! - `cargo xtask bench`: run the benchmarks (release build) and print their figures.
+//! - `cargo xtask bless`: regenerate committed generated files (the policy JSON Schema).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+const GUEST_TARGET: &str = "wasm32-wasip2";
+/// Directories whose sub-directories are guest crates built for [`GUEST_TARGET`].
+const GUEST_DIRS: &[&str] = &["components", "tests/programs"];
+
+fn main() -> std::process::ExitCode {
+    match xtask() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn xtask() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("build") => {
+            ensure_toolchain()?;
+            build_guests(&root)
+        }
+        Some("serve") => {
+            ensure_toolchain()?;
+            build_guests(&root)?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--quiet", "--package", "capbridge", "--", "serve"])
+                .args(&args[1..]);
+            run(&mut cmd)
+        }
+        Some("test") => {
+            ensure_toolchain()?;
+            build_guests(&root)?;
+            run(cargo().args(["fmt", "--all", "--", "--check"]))
+                .context("code is not formatted: run `cargo fmt --all`")?;
+            run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            run(cargo()
+                .args(["clippy", "--target", GUEST_TARGET])
+                .args(guest_package_args(&root)?)
+                .args(["--", "-D", "warnings"]))?;
+            run(cargo().args(["test", "--no-fail-fast"]).args(&args[1..]))
+        }
+        Some("bench") => {
+            ensure_toolchain()?;
+            build_guests(&root)?;
+            run(cargo()
+                .args(["bench", "--package", "capbridge-tests"])
+                .args(&args[1..]))
+        }
+        Some("bless") => {
+            let mut cmd = cargo();
+            cmd.args(["test", "--package", "capbridge-policy", "--", "schema"])
+                .env("CAPBRIDGE_BLESS", "1");
+            run(&mut cmd)
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <serve [ARGS] | test [FILTER] | build | bench | bless>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The guest target comes with the toolchain through rust-toolchain.toml; older rustups do not
+/// add targets to an already-installed toolchain, so add it here if it is missing.
+fn ensure_toolchain() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match installed {
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == GUEST_TARGET) =>
+        {
+            Ok(())
+        }
+        Ok(_) => {
+            run(Command::new("rustup").args(["target", "add", GUEST_TARGET])).with_context(|| {
+                format!(
+                    "installing the {GUEST_TARGET} target; run `rustup target add {GUEST_TARGET}`"
+                )
+            })
+        }
+        Err(_) => {
+            eprintln!("warning: rustup not found; assuming the {GUEST_TARGET} target is installed");
+            Ok(())
+        }
+    }
+}
+
+/// `(package name, crate dir)` of every guest crate.
+fn guest_crates(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut crates = Vec::new();
+    for dir in GUEST_DIRS {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.join("Cargo.toml").is_file() {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .context("non-UTF-8 crate dir")?
+                    .to_string();
+                crates.push((name, path));
+            }
+        }
+    }
+    crates.sort();
+    Ok(crates)
+}
+
+fn guest_package_args(root: &Path) -> anyhow::Result<Vec<String>> {
+    Ok(guest_crates(root)?
+        .into_iter()
+        .flat_map(|(name, _)| ["--package".to_string(), name])
+        .collect())
+}
+
+/// Builds every guest crate for wasm32-wasip2 (release: small and fast components), then copies
+/// the first-party components into `components/<id>.wasm`, where capbridge discovers them.
+fn build_guests(root: &Path) -> anyhow::Result<()> {
+    let crates = guest_crates(root)?;
+    run(cargo()
+        .args(["build", "--release", "--target", GUEST_TARGET])
+        .args(guest_package_args(root)?))?;
+    let out_dir = target_dir(root).join(GUEST_TARGET).join("release");
+    for (name, dir) in &crates {
+        if !dir.starts_with(root.join("components")) {
+            continue;
+        }
+        let built = out_dir.join(format!("{}.wasm", name.replace('-', "_")));
+        let installed = root.join("components").join(format!("{name}.wasm"));
+        let bytes =
+            std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+        if std::fs::read(&installed).ok().as_deref() != Some(&bytes[..]) {
+            let tmp = installed.with_extension("wasm.tmp");
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::rename(&tmp, &installed)?;
+        }
+    }
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
