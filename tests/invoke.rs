@@ -6,14 +6,12 @@ use std::time::Duration;
 
 use capbridge_runtime::state::Determinism;
 use capbridge_runtime::{CallError, CallOptions, LoadEvent, Runtime};
-use capbridge_tests::{component, policy, program, Fixture};
+use capbridge_tests::{component, policy, program, shipped_policy, Fixture};
 use serde_json::{json, Value};
-
-const ECHO_POLICY: &str = "version = 1\n[grants]\nevents = [\"echo.*\"]\nlog = true\n";
 
 fn echo_fixture() -> (Fixture, Runtime) {
     let fx = Fixture::new();
-    fx.add("echo", &component("echo"), Some(ECHO_POLICY));
+    fx.add("echo", &component("echo"), Some(&shipped_policy("echo")));
     let runtime = fx.runtime();
     (fx, runtime)
 }
@@ -305,10 +303,18 @@ async fn host_calls_are_recorded_with_interface_function_inputs_and_outputs() {
         "{publish:?}"
     );
     assert_eq!(publish.output.as_deref(), Some("Ok(Ok(()))"));
-    assert!(outcome
+    let log = outcome
         .host_calls
         .iter()
-        .any(|c| c.interface == "capbridge:host/log" && c.function == "write"));
+        .find(|c| c.interface == "capbridge:host/log" && c.function == "write")
+        .expect("the log call is recorded");
+    assert_eq!(
+        log.inputs,
+        [
+            ("level".to_string(), "Level::Info".to_string()),
+            ("message".to_string(), "\"saying \\\"hi\\\"\"".to_string())
+        ]
+    );
 
     // Not recording: nothing is collected.
     let plain = runtime
@@ -382,7 +388,7 @@ async fn injected_clocks_and_randomness_make_calls_repeatable() {
 #[test]
 fn the_second_start_compiles_nothing() {
     let fx = Fixture::new();
-    fx.add("echo", &component("echo"), Some(ECHO_POLICY));
+    fx.add("echo", &component("echo"), Some(&shipped_policy("echo")));
     let cache = tempfile::tempdir().unwrap();
     let config = capbridge_runtime::RuntimeConfig {
         cache_dir: cache.path().to_path_buf(),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capbridge_runtime::{CallError, CallOptions, Runtime};
-use capbridge_tests::{assert_loaded, component, failure, policy, program, Fixture};
+use capbridge_tests::{
+    assert_loaded, component, failure, policy, program, shipped_policy, Fixture,
+};
 use serde_json::{json, Value};
 
 async fn call(
@@ -44,28 +46,24 @@ fn guest_err(result: Result<Value, CallError>) -> String {
 #[tokio::test]
 async fn ungranted_import_refuses_to_load_and_the_others_still_load() {
     let fx = Fixture::new();
-    fx.add(
-        "echo",
-        &component("echo"),
-        Some(&policy("[grants]\nevents = [\"echo.*\"]\nlog = true")),
-    )
-    .add(
-        "events-probe",
-        &program("events-probe"),
-        Some(&policy("[grants]\nlog = true")),
-    )
-    .add("net-probe", &program("net-probe"), Some(&policy("")))
-    .add(
-        "socket-probe",
-        &program("socket-probe"),
-        Some(&policy("[grants]\nnetwork = [\"http://127.0.0.1:9\"]")),
-    )
-    .add(
-        "sandbox-probe",
-        &program("sandbox-probe"),
-        Some(&policy("")),
-    )
-    .add("no-policy", &program("sandbox-probe"), None);
+    fx.add("echo", &component("echo"), Some(&shipped_policy("echo")))
+        .add(
+            "events-probe",
+            &program("events-probe"),
+            Some(&policy("[grants]\nlog = true")),
+        )
+        .add("net-probe", &program("net-probe"), Some(&policy("")))
+        .add(
+            "socket-probe",
+            &program("socket-probe"),
+            Some(&policy("[grants]\nnetwork = [\"http://127.0.0.1:9\"]")),
+        )
+        .add(
+            "sandbox-probe",
+            &program("sandbox-probe"),
+            Some(&policy("")),
+        )
+        .add("no-policy", &program("sandbox-probe"), None);
     let runtime = fx.runtime();
 
     let reason = failure(&runtime, "events-probe");
@@ -121,21 +119,17 @@ async fn ungranted_import_refuses_to_load_and_the_others_still_load() {
 #[tokio::test]
 async fn invalid_policy_and_invalid_component_are_reported_and_others_load() {
     let fx = Fixture::new();
-    fx.add(
-        "echo",
-        &component("echo"),
-        Some(&policy("[grants]\nevents = [\"echo.*\"]\nlog = true")),
-    )
-    .add(
-        "typo",
-        &program("sandbox-probe"),
-        Some(&policy("[grants]\nfilesystem = []")),
-    )
-    .add(
-        "not-wasm",
-        &fx.path().join("policy/typo.toml"),
-        Some(&policy("")),
-    );
+    fx.add("echo", &component("echo"), Some(&shipped_policy("echo")))
+        .add(
+            "typo",
+            &program("sandbox-probe"),
+            Some(&policy("[grants]\nfilesystem = []")),
+        )
+        .add(
+            "not-wasm",
+            &fx.path().join("policy/typo.toml"),
+            Some(&policy("")),
+        );
     let runtime = fx.runtime();
     let reason = failure(&runtime, "typo");
     assert!(
@@ -508,11 +502,7 @@ async fn an_infinite_loop_is_stopped_at_its_deadline_while_other_calls_are_serve
         &program("sandbox-probe"),
         Some(&policy("[limits]\ndeadline-ms = 1500")),
     )
-    .add(
-        "echo",
-        &component("echo"),
-        Some(&policy("[grants]\nevents = [\"echo.*\"]\nlog = true")),
-    );
+    .add("echo", &component("echo"), Some(&shipped_policy("echo")));
     let runtime = Arc::new(fx.runtime());
 
     let spinning = tokio::spawn({

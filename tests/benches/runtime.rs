@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 
 use capbridge_runtime::values::{json_to_val, val_to_json};
 use capbridge_runtime::CallOptions;
-use capbridge_tests::{component, Fixture};
+use capbridge_tests::{component, shipped_policy, Fixture};
 use serde_json::json;
-
-const ECHO_POLICY: &str = "version = 1\n[grants]\nevents = [\"echo.*\"]\nlog = true\n";
 
 struct Stats {
     p50: Duration,
@@ -45,7 +43,7 @@ fn native_noop() {
 
 fn main() {
     let fx = Fixture::new();
-    fx.add("echo", &component("echo"), Some(ECHO_POLICY));
+    fx.add("echo", &component("echo"), Some(&shipped_policy("echo")));
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -38,6 +38,12 @@ pub fn component(id: &str) -> PathBuf {
     path
 }
 
+/// The repository's shipped policy for a first-party component (`policy/<id>.toml`).
+pub fn shipped_policy(id: &str) -> String {
+    let path = root().join("policy").join(format!("{id}.toml"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// One compile cache for all tests, so each component compiles once per test run.
 pub fn shared_cache_dir() -> PathBuf {
     root().join("target/test-compile-cache")

@@ -84,6 +84,7 @@ fn main() -> ExitCode {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(
                     tracing_subscriber::EnvFilter::try_from_env("CAPBRIDGE_LOG")
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

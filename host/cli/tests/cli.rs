@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use capbridge_tests::{component, policy, program, shared_cache_dir, Fixture};
+use capbridge_tests::{component, policy, program, shared_cache_dir, shipped_policy, Fixture};
 
 fn capbridge(fx: &Fixture, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_capbridge"))
@@ -19,9 +19,7 @@ fn stdout(output: &Output) -> String {
 }
 
 fn shipped_echo(fx: &Fixture) {
-    let shipped =
-        std::fs::read_to_string(capbridge_tests::root().join("policy/echo.toml")).unwrap();
-    fx.add("echo", &component("echo"), Some(&shipped));
+    fx.add("echo", &component("echo"), Some(&shipped_policy("echo")));
 }
 
 #[test]

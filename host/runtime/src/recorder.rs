@@ -131,14 +131,18 @@ where
         };
         let mut fields = Fields::default();
         event.record(&mut fields);
-        match fields.get("message").as_str() {
-            "call" => {
-                call.inputs = fields
-                    .0
-                    .into_iter()
-                    .filter(|(k, _)| k != "message")
-                    .collect()
-            }
+        // The event's own text ("call" or "return") is a `message` field; an argument that
+        // happens to be named `message` is another one, but its value is quoted (`Debug`).
+        let Some(marker_at) = fields
+            .0
+            .iter()
+            .position(|(k, v)| k == "message" && (v == "call" || v == "return"))
+        else {
+            return;
+        };
+        let (_, marker) = fields.0.remove(marker_at);
+        match marker.as_str() {
+            "call" => call.inputs = fields.0,
             "return" => {
                 call.output = Some(fields.get("result"));
                 let done = call.clone();

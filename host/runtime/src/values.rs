@@ -61,23 +61,15 @@ fn mismatch(path: &str, expected: impl Into<String>, json: &Value) -> ValueError
 pub fn json_to_val(ty: &Type, json: &Value, path: &str) -> Result<Val, ValueError> {
     macro_rules! int {
         ($variant:ident, $t:ty, $name:literal) => {{
-            let expected = concat!(
-                $name,
-                " (",
-                "integer from ",
-                stringify!($t),
-                "::MIN to ",
-                stringify!($t),
-                "::MAX)"
-            );
+            let expected = || format!("{} (integer from {} to {})", $name, <$t>::MIN, <$t>::MAX);
             let n = json
                 .as_i64()
                 .map(i128::from)
                 .or_else(|| json.as_u64().map(i128::from))
-                .ok_or_else(|| mismatch(path, expected, json))?;
+                .ok_or_else(|| mismatch(path, expected(), json))?;
             let v = <$t>::try_from(n).map_err(|_| ValueError {
                 path: path.to_string(),
-                expected: format!("{} ({} to {})", $name, <$t>::MIN, <$t>::MAX),
+                expected: expected(),
                 found: format!("{n}, out of range"),
             })?;
             Ok(Val::$variant(v))
@@ -403,11 +395,20 @@ pub fn type_name(ty: &Type) -> String {
             "record {{ {} }}",
             r.fields().map(|f| f.name).collect::<Vec<_>>().join(", ")
         ),
-        Type::Variant(_) => "variant".into(),
-        Type::Enum(_) => "enum".into(),
+        Type::Variant(v) => format!(
+            "variant {{ {} }}",
+            v.cases().map(|c| c.name).collect::<Vec<_>>().join(", ")
+        ),
+        Type::Enum(e) => format!("enum {{ {} }}", e.names().collect::<Vec<_>>().join(", ")),
         Type::Option(o) => format!("option<{}>", type_name(&o.ty())),
-        Type::Result(_) => "result".into(),
-        Type::Flags(_) => "flags".into(),
+        Type::Result(r) => {
+            let side = |t: Option<Type>| t.map_or("_".to_string(), |t| type_name(&t));
+            match (r.ok(), r.err()) {
+                (None, None) => "result".into(),
+                (ok, err) => format!("result<{}, {}>", side(ok), side(err)),
+            }
+        }
+        Type::Flags(f) => format!("flags {{ {} }}", f.names().collect::<Vec<_>>().join(", ")),
         Type::Own(_) | Type::Borrow(_) => "a resource".into(),
         Type::Future(_) => "a future".into(),
         Type::Stream(_) => "a stream".into(),
