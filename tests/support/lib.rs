@@ -154,3 +154,55 @@ pub fn assert_loaded(runtime: &Runtime, id: &str) {
 pub fn policy(extra: &str) -> String {
     format!("version = 1\n{extra}\n")
 }
+
+/// A real bridge server on an ephemeral loopback port, serving `runtime`.
+pub struct Bridge {
+    pub server: capbridge_api::Server,
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Bridge {
+    /// Starts the contract server on 127.0.0.1:0 with `config` (its `port` is ignored).
+    pub async fn start(runtime: Runtime, config: capbridge_api::BridgeConfig) -> Self {
+        let listener = capbridge_api::bind(0).await.expect("bind 127.0.0.1:0");
+        let server = capbridge_api::Server::start(
+            listener,
+            std::sync::Arc::new(runtime),
+            config,
+            capbridge_api::ServeOptions::default(),
+        )
+        .expect("start server");
+        Self {
+            base: format!("http://{}", server.addr()),
+            server,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Handshakes as a local client (no Origin) and returns the session token.
+    pub async fn token(&self) -> String {
+        let body: serde_json::Value = self
+            .client
+            .post(self.url("/api/v1/session/handshake"))
+            .send()
+            .await
+            .expect("handshake")
+            .json()
+            .await
+            .expect("handshake body");
+        body["sessionToken"].as_str().expect("token").to_string()
+    }
+}
+
+/// A fixture holding the shipped echo component and its shipped policy.
+pub fn echo_fixture() -> Fixture {
+    let fixture = Fixture::new();
+    fixture.add("echo", &component("echo"), Some(&shipped_policy("echo")));
+    fixture
+}

@@ -4,7 +4,7 @@
 //! - `cargo xtask test`: check the machine, build the guest components, run every test and check.
 //! - `cargo xtask build`: build the guest components only (into `components/<id>.wasm`).
 //! - `cargo xtask bench`: run the benchmarks (release build) and print their figures.
-//! - `cargo xtask bless`: regenerate committed generated files (the policy JSON Schema).
+//! - `cargo xtask bless`: regenerate committed generated files (policy JSON Schema, OpenAPI).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +44,8 @@ fn xtask() -> anyhow::Result<()> {
         }
         Some("test") => {
             ensure_toolchain()?;
+            // The browser end-to-end test drives Chromium; the contract doc test runs curl and jq.
+            ensure_packages(&[("chromium", "chromium"), ("curl", "curl"), ("jq", "jq")])?;
             build_guests(&root)?;
             run(cargo().args(["fmt", "--all", "--", "--check"]))
                 .context("code is not formatted: run `cargo fmt --all`")?;
@@ -56,16 +58,22 @@ fn xtask() -> anyhow::Result<()> {
         }
         Some("bench") => {
             ensure_toolchain()?;
+            ensure_packages(&[("wrk", "wrk")])?;
             build_guests(&root)?;
             run(cargo()
                 .args(["bench", "--package", "capbridge-tests"])
                 .args(&args[1..]))
         }
         Some("bless") => {
-            let mut cmd = cargo();
-            cmd.args(["test", "--package", "capbridge-policy", "--", "schema"])
-                .env("CAPBRIDGE_BLESS", "1");
-            run(&mut cmd)
+            for (package, test) in [
+                ("capbridge-policy", "committed_schema_is_current"),
+                ("capbridge-api", "committed_openapi_is_current"),
+            ] {
+                run(cargo()
+                    .args(["test", "--package", package, "--lib", "--", test])
+                    .env("CAPBRIDGE_BLESS", "1"))?;
+            }
+            Ok(())
         }
         _ => {
             eprintln!("usage: cargo xtask <serve [ARGS] | test [FILTER] | build | bench | bless>");
@@ -121,6 +129,39 @@ fn ensure_toolchain() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Installs missing Debian packages (`(command, package)`) with apt-get when running as root;
+/// otherwise fails with the exact command to run.
+fn ensure_packages(needed: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(command, _)| !on_path(command))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let install = format!("apt-get install -y {}", missing.join(" "));
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    if !root || !on_path("apt-get") {
+        bail!("missing Debian packages: run `sudo apt-get update && sudo {install}`");
+    }
+    eprintln!("xtask: installing {}", missing.join(", "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| format!("installing packages; run `{install}`"))
+}
+
+fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
 }
 
 /// `(package name, crate dir)` of every guest crate.

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use std::sync::Arc;
+
+use capbridge_api::{BridgeConfig, Mode, ServeOptions, Server};
 use capbridge_policy::Policy;
 use capbridge_runtime::linker::{classify, Grantable, ImportKind};
 use capbridge_runtime::{
@@ -28,14 +31,27 @@ struct Cli {
     /// Directory of compiled components [default: the XDG cache dir]
     #[arg(long, global = true, env = "CAPBRIDGE_CACHE")]
     cache: Option<PathBuf>,
+    /// The bridge config file (port, allowed origins, timeouts) [default: $XDG_CONFIG_HOME/capbridge/config.toml]
+    #[arg(long, global = true, env = "CAPBRIDGE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load every component and keep running (headless) until Ctrl-C or SIGTERM.
-    Serve,
+    /// Load every component and serve the localhost contract on 127.0.0.1 until Ctrl-C or SIGTERM.
+    Serve {
+        /// Listen on this port for this run only (0: any free port); the persisted port is unchanged.
+        #[arg(long, env = "CAPBRIDGE_PORT")]
+        port: Option<u16>,
+        /// Dev mode for this run: also allow the config's loopback `dev-origins`.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Show or change the bridge config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Inspect and call components.
     #[command(subcommand)]
     Component(ComponentCommand),
@@ -66,6 +82,14 @@ enum ComponentCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the config file's path and contents (creating it with the defaults if missing).
+    Show,
+    /// Persist the listening port (the bridge never changes it by itself).
+    SetPort { port: u16 },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate every policy and show, per component, its imports against its grants.
     Check,
@@ -79,6 +103,12 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
+    // Error values do not capture backtraces (wasmtime creates one as every store is dropped,
+    // and with RUST_BACKTRACE=1 capturing it would triple the cost of a call); panics still
+    // print theirs under RUST_BACKTRACE. Set before any thread starts.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     tracing_subscriber::registry()
         .with(
@@ -103,6 +133,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = runtime_config(&cli)?;
+    let config_file = config_path(&cli);
     match cli.command {
         Command::Policy(PolicyCommand::Explain { policy }) => {
             let file = if Path::new(&policy).is_file()
@@ -195,23 +226,57 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&outcome.result)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => serve(config),
+        Command::Serve { port, dev } => serve(config, &config_file?, port, dev),
+        Command::Config(command) => {
+            let path = config_file?;
+            let mut bridge = BridgeConfig::load_or_create(&path)?;
+            if let ConfigCommand::SetPort { port } = command {
+                bridge.port = port;
+                bridge.save(&path)?;
+            }
+            println!("# {}", path.display());
+            print!("{}", std::fs::read_to_string(&path)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
-fn serve(config: RuntimeConfig) -> anyhow::Result<ExitCode> {
-    let runtime = load(config)?;
+fn serve(
+    config: RuntimeConfig,
+    config_path: &Path,
+    port: Option<u16>,
+    dev: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut bridge = BridgeConfig::load_or_create(config_path)?;
+    if dev {
+        bridge.mode = Mode::Dev;
+    }
+    let runtime = Arc::new(load(config)?);
     let loaded = runtime
         .components()
         .filter(|c| c.status == ComponentStatus::Loaded)
         .count();
     let total = runtime.components().count();
-    println!(
-        "capbridge: {loaded} of {total} components loaded; events are logged here. Ctrl-C to stop."
-    );
-    println!("(the localhost HTTP contract is not served by this version yet)");
     let tokio = tokio::runtime::Runtime::new()?;
     tokio.block_on(async {
+        let listener = capbridge_api::bind(port.unwrap_or(bridge.port)).await?;
+        let options = ServeOptions {
+            config_path: Some(config_path.to_path_buf()),
+            ..ServeOptions::default()
+        };
+        let origins = bridge.allowed_origins();
+        let mode = bridge.mode;
+        let server = Server::start(listener, runtime.clone(), bridge, options)?;
+        println!("capbridge listening on http://{}", server.addr());
+        println!(
+            "  {loaded} of {total} components loaded; mode {mode:?}; allowed origins: {}",
+            if origins.is_empty() {
+                format!("none (add `origins` in {})", config_path.display())
+            } else {
+                origins.join(", ")
+            }
+        );
+        println!("  Ctrl-C or SIGTERM to stop");
         let mut events = runtime.events().subscribe();
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
@@ -219,14 +284,28 @@ fn serve(config: RuntimeConfig) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
                 event = events.recv() => if let Ok(event) = event {
-                    tracing::info!(source = %event.source, topic = %event.topic, "event {}", event.payload);
+                    tracing::debug!(source = %event.source, topic = %event.topic, "event {}", event.payload);
                 },
             }
         }
+        server.shutdown(SHUTDOWN_GRACE).await?;
         println!("capbridge: stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long in-flight requests get to finish at shutdown before they are cancelled.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn config_path(cli: &Cli) -> anyhow::Result<PathBuf> {
+    match &cli.config {
+        Some(path) => Ok(path.clone()),
+        None => Ok(directories::ProjectDirs::from("", "", "capbridge")
+            .context("no home directory: pass --config")?
+            .config_dir()
+            .join("config.toml")),
+    }
 }
 
 /// Loads every component, showing compile progress on stderr (a first start compiles; later

@@ -125,3 +125,106 @@ fn component_call_prints_the_json_result() {
         "{out:?}"
     );
 }
+
+fn with_config(fx: &Fixture, config: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_capbridge"));
+    command
+        .args(["--components", fx.components_dir().to_str().unwrap()])
+        .args(["--policies", fx.policy_dir().to_str().unwrap()])
+        .args(["--cache", shared_cache_dir().to_str().unwrap()])
+        .args(["--config", config.to_str().unwrap()])
+        .env_remove("CAPBRIDGE_PORT");
+    command
+}
+
+/// A plain HTTP/1.1 GET, as any local client would send it.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn serve_prints_its_address_answers_and_stops_cleanly_on_sigterm() {
+    use std::io::BufRead as _;
+    let fx = Fixture::new();
+    shipped_echo(&fx);
+    let config = fx.path().join("config/config.toml");
+    let mut child = with_config(&fx, &config)
+        .args(["serve", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("serve prints its address").unwrap();
+    let port: u16 = first
+        .strip_prefix("capbridge listening on http://127.0.0.1:")
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .parse()
+        .unwrap();
+    let health = http_get(port, "/api/v1/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("osloop.bridge.v1"), "{health}");
+    // The first run persisted the default port; the one-run override did not replace it.
+    let persisted = std::fs::read_to_string(&config).unwrap();
+    assert!(persisted.contains("port = 47832"), "{persisted}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l == "capbridge: stopped"), "{rest:?}");
+}
+
+#[test]
+fn serve_on_a_busy_port_fails_naming_it_and_keeps_the_persisted_port() {
+    let fx = Fixture::new();
+    shipped_echo(&fx);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = fx.path().join("config.toml");
+    let text = format!("# mine\nport = {port}\n");
+    std::fs::write(&config, &text).unwrap();
+    let out = with_config(&fx, &config).arg("serve").output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("port {port} on 127.0.0.1 is already in use")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("never moves to another port"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+}
+
+#[test]
+fn config_set_port_persists_and_refuses_bad_values_without_changing_the_file() {
+    let fx = Fixture::new();
+    let config = fx.path().join("config.toml");
+    let out = with_config(&fx, &config)
+        .args(["config", "set-port", "40123"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert!(saved.contains("port = 40123"), "{saved}");
+    for bad in ["0", "70000", "x"] {
+        let out = with_config(&fx, &config)
+            .args(["config", "set-port", bad])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "set-port {bad} accepted");
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), saved);
+    }
+}

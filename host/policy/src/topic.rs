@@ -34,6 +34,11 @@ impl TopicPattern {
         check_topic(topic).map_err(|e| {
             format!("{e}; a pattern is a topic like echo.said, a prefix like echo.*, or *")
         })?;
+        if is_reserved(topic) {
+            return Err(format!(
+                "topics under `{RESERVED}` are the bridge's own events; components cannot publish them"
+            ));
+        }
         Ok(if below {
             TopicPattern::Below(topic.to_string())
         } else {
@@ -44,7 +49,7 @@ impl TopicPattern {
     /// Whether `topic` falls under this pattern. A topic that is not well formed (see the
     /// module docs) matches no pattern, not even `*`.
     pub fn matches(&self, topic: &str) -> bool {
-        if check_topic(topic).is_err() {
+        if check_topic(topic).is_err() || is_reserved(topic) {
             return false;
         }
         match self {
@@ -65,6 +70,17 @@ impl fmt::Display for TopicPattern {
             TopicPattern::Any => f.write_str("*"),
         }
     }
+}
+
+/// The prefix of the bridge's own events (`bridge.connected`, …): no pattern grants it, not
+/// even `*`, so a component cannot pose as the bridge on the event socket.
+pub const RESERVED: &str = "bridge";
+
+fn is_reserved(topic: &str) -> bool {
+    topic == RESERVED
+        || topic
+            .strip_prefix(RESERVED)
+            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Check that `topic` is a well-formed topic name.
@@ -92,6 +108,18 @@ mod tests {
 
     fn pattern(text: &str) -> TopicPattern {
         TopicPattern::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn the_bridge_topics_are_reserved() {
+        for reserved in ["bridge", "bridge.*", "bridge.connected"] {
+            let err = TopicPattern::parse(reserved).unwrap_err();
+            assert!(err.contains("bridge's own events"), "{reserved}: {err}");
+        }
+        assert!(!TopicPattern::Any.matches("bridge.stopping"));
+        assert!(!TopicPattern::Any.matches("bridge"));
+        assert!(TopicPattern::Any.matches("bridges.x"));
+        assert!(pattern("bridges.*").matches("bridges.x"));
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct ExportInfo {
     /// JSON Schema of the arguments object; `None` when [`Self::unsupported`] says why not.
     pub params_schema: Option<Value>,
     pub result_schema: Option<Value>,
+    /// The function returns a WIT `result`: an `{"err": …}` value is the function's own error.
+    pub fallible: bool,
     /// Why this function cannot be called with JSON (it takes or returns a resource, …).
     pub unsupported: Option<String>,
 }
@@ -141,6 +143,9 @@ pub enum CallError {
     #[error("the host could not run the call: {0}")]
     Host(String),
 }
+
+/// No component may take the host's own name: it is the `source` of the bridge's events.
+pub const RESERVED_ID: &str = "capbridge";
 
 /// The component runtime: one engine, every discovered component, the event bus.
 pub struct Runtime {
@@ -311,6 +316,12 @@ impl Runtime {
         if !is_valid_id(&id) {
             return Err(format!(
                 "`{id}` is not a valid component id (lowercase letters, digits and `-`, starting with a letter); rename {}",
+                info.wasm_path.display()
+            ));
+        }
+        if id == RESERVED_ID {
+            return Err(format!(
+                "`{RESERVED_ID}` is the host's own name (the source of its events); rename {}",
                 info.wasm_path.display()
             ));
         }
@@ -741,6 +752,7 @@ fn export_info(name: &str, found: &FoundFunction, unsupported: Option<String>) -
         Some(t) => format!("{name}({}) -> {}", params.join(", "), values::type_name(t)),
         None => format!("{name}({})", params.join(", ")),
     };
+    let fallible = matches!(result, Some(Type::Result(_)));
     let (params_schema, result_schema) = if unsupported.is_some() {
         (None, None)
     } else {
@@ -760,6 +772,7 @@ fn export_info(name: &str, found: &FoundFunction, unsupported: Option<String>) -
         signature,
         params_schema,
         result_schema,
+        fallible,
         unsupported,
     }
 }

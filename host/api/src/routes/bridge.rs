@@ -1,0 +1,208 @@
+//! Discovery and the bridge's own state: health, info, capabilities, runtime, connection log.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::config::Mode;
+use crate::connlog::Connection;
+use crate::error::ErrorBody;
+use crate::{Shared, APP_VERSION, PROTOCOL_VERSION};
+
+pub fn public() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi))
+}
+
+pub fn authenticated() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/bridge/info", get(info))
+        .route("/api/v1/capabilities", get(capabilities))
+        .route("/api/v1/bridge/runtime", get(runtime))
+        .route("/api/v1/bridge/connections", get(connections))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Always `ok` while the bridge answers.
+    pub status: &'static str,
+    pub protocol_version: &'static str,
+    pub app_version: &'static str,
+    /// `capbridge`.
+    pub name: &'static str,
+}
+
+/// Discovery: the web app probes this on the configured port. No session needed.
+#[utoipa::path(get, path = "/api/v1/health", tag = "bridge",
+    responses((status = 200, body = Health), (status = 403, body = ErrorBody)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        protocol_version: PROTOCOL_VERSION,
+        app_version: APP_VERSION,
+        name: "capbridge",
+    })
+}
+
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "bridge",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::openapi::document())
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeInfo {
+    pub name: &'static str,
+    pub app_version: &'static str,
+    pub protocol_version: &'static str,
+    /// `linux`, `macos`, `windows`.
+    pub platform: &'static str,
+    pub arch: &'static str,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub uptime_ms: u64,
+    /// Loaded components (each one's exports are commands).
+    pub components: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/bridge/info", tag = "bridge", security(("token" = [])),
+    responses((status = 200, body = BridgeInfo), (status = 401, body = ErrorBody)))]
+pub async fn info(State(shared): State<Arc<Shared>>) -> Json<BridgeInfo> {
+    Json(BridgeInfo {
+        name: "capbridge",
+        app_version: APP_VERSION,
+        protocol_version: PROTOCOL_VERSION,
+        platform: std::env::consts::OS,
+        arch: std::env::consts::ARCH,
+        started_at: humantime::format_rfc3339_seconds(shared.started).to_string(),
+        uptime_ms: SystemTime::now()
+            .duration_since(shared.started)
+            .unwrap_or_default()
+            .as_millis() as u64,
+        components: shared.commands.components(),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// Capability names of the contract this bridge provides now.
+    pub capabilities: Vec<&'static str>,
+    /// Capability names of the contract this bridge does not provide yet, with why.
+    pub unavailable: Vec<Unavailable>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Unavailable {
+    pub name: &'static str,
+    pub reason: &'static str,
+}
+
+/// Capabilities of seed 000 and whether this bridge has them.
+const CAPABILITIES: &[(&str, Option<&str>)] = &[
+    ("health", None),
+    ("version", None),
+    ("commands", None),
+    ("mcp_proxy", Some("not supported yet")),
+    ("filesystem", Some("not supported yet")),
+    ("awake", Some("not supported yet")),
+    ("system_info", Some("not supported yet")),
+    ("system_tools", Some("not supported yet")),
+    ("tool_install_recipes", Some("not supported yet")),
+    ("command_permissions", Some("not supported yet")),
+    ("tray_mode", Some("the headless bridge has no tray")),
+];
+
+#[utoipa::path(get, path = "/api/v1/capabilities", tag = "bridge", security(("token" = [])),
+    responses((status = 200, body = Capabilities), (status = 401, body = ErrorBody)))]
+pub async fn capabilities() -> Json<Capabilities> {
+    Json(Capabilities {
+        capabilities: CAPABILITIES
+            .iter()
+            .filter(|(_, why)| why.is_none())
+            .map(|(name, _)| *name)
+            .collect(),
+        unavailable: CAPABILITIES
+            .iter()
+            .filter_map(|(name, why)| why.map(|reason| Unavailable { name, reason }))
+            .collect(),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeState {
+    /// The persisted port (config file).
+    pub configured_port: u16,
+    /// The port bound now (differs for a one-run `--port`).
+    pub bound_port: u16,
+    /// `bound` while the server answers.
+    pub bind_state: &'static str,
+    pub bind_error: Option<String>,
+    pub mode: Mode,
+    pub allowed_origins: Vec<String>,
+    pub config_path: Option<String>,
+    pub request_timeout_ms: u64,
+    pub command_timeout_ms: u64,
+    pub session_ttl_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub max_body_bytes: usize,
+    pub tray_mode: bool,
+    pub live_sessions: usize,
+}
+
+#[utoipa::path(get, path = "/api/v1/bridge/runtime", tag = "bridge", security(("token" = [])),
+    responses((status = 200, body = RuntimeState), (status = 401, body = ErrorBody)))]
+pub async fn runtime(State(shared): State<Arc<Shared>>) -> Json<RuntimeState> {
+    let config = &shared.config;
+    Json(RuntimeState {
+        configured_port: config.port,
+        bound_port: shared.port,
+        bind_state: "bound",
+        bind_error: None,
+        mode: config.mode,
+        allowed_origins: shared.origins.clone(),
+        config_path: shared.config_path.as_ref().map(|p| p.display().to_string()),
+        request_timeout_ms: config.request_timeout_ms,
+        command_timeout_ms: config.command_timeout_ms,
+        session_ttl_ms: config.session_ttl().as_millis() as u64,
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        max_body_bytes: config.max_body_bytes,
+        tray_mode: config.tray_mode,
+        live_sessions: shared.sessions.live(),
+    })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ConnectionsQuery {
+    /// At most this many entries (default 100, at most 500).
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Connections {
+    /// Newest first.
+    pub connections: Vec<Connection>,
+}
+
+/// Recent requests (no tokens), newest first: what the status window shows.
+#[utoipa::path(get, path = "/api/v1/bridge/connections", tag = "bridge", security(("token" = [])),
+    params(ConnectionsQuery),
+    responses((status = 200, body = Connections), (status = 401, body = ErrorBody)))]
+pub async fn connections(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<ConnectionsQuery>,
+) -> Json<Connections> {
+    Json(Connections {
+        connections: shared.connections.recent(query.limit.unwrap_or(100)),
+    })
+}

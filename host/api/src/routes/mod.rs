@@ -1,0 +1,154 @@
+//! The contract's routes, and the strict handling of everything else.
+
+pub mod bridge;
+pub mod commands;
+pub mod events;
+pub mod session;
+
+use std::sync::Arc;
+
+use axum::extract::MatchedPath;
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::any;
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::Shared;
+
+/// Every path this bridge answers, canonical form (`{x}`: one segment).
+pub const ROUTES: &[&str] = &[
+    "/api/v1/health",
+    "/api/v1/openapi.json",
+    "/api/v1/session/handshake",
+    "/api/v1/session/refresh",
+    "/api/v1/bridge/info",
+    "/api/v1/bridge/runtime",
+    "/api/v1/bridge/connections",
+    "/api/v1/capabilities",
+    "/api/v1/commands",
+    "/api/v1/commands/{name}/invoke",
+    "/ws/v1/events",
+];
+
+/// Routes of the seed-000 contract this bridge does not provide yet: they answer 501
+/// `not_supported` (after the session check) rather than pretending.
+pub const NOT_SUPPORTED: &[&str] = &[
+    "/api/v1/mcp/servers",
+    "/api/v1/mcp/servers/{serverId}",
+    "/api/v1/mcp/servers/{serverId}/connect",
+    "/api/v1/mcp/servers/{serverId}/disconnect",
+    "/api/v1/mcp/servers/{serverId}/capabilities",
+    "/api/v1/mcp/call",
+    "/api/v1/awake/status",
+    "/api/v1/awake/acquire",
+    "/api/v1/awake/release",
+    "/api/v1/filesystem/targets",
+    "/api/v1/filesystem/select",
+    "/api/v1/filesystem/read",
+    "/api/v1/filesystem/write",
+    "/api/v1/system/info",
+    "/api/v1/system/tools",
+    "/api/v1/system/tools/locate",
+    "/api/v1/system/tools/install",
+    "/api/v1/system/tools/recipes",
+    "/api/v1/system/tools/recipes/resolve",
+    "/api/v1/system/commands/execute",
+    "/api/v1/system/commands/runs",
+    "/api/v1/system/commands/runs/{runId}",
+    "/api/v1/system/commands/runs/{runId}/terminate",
+    "/api/v1/system/permissions/commands",
+    "/api/v1/system/permissions/commands/{ruleId}",
+    "/api/v1/system/permissions/prompts/{requestId}/resolve",
+];
+
+pub fn not_supported() -> Router<Arc<Shared>> {
+    NOT_SUPPORTED.iter().fold(Router::new(), |router, path| {
+        router.route(path, any(not_supported_handler))
+    })
+}
+
+async fn not_supported_handler(path: MatchedPath) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_supported",
+        format!(
+            "`{}` is part of the bridge contract, but this capbridge does not provide it yet",
+            path.as_str()
+        ),
+    )
+    .with_hint("GET /api/v1/capabilities lists what this bridge provides")
+}
+
+/// 404 for every path that is not a route, with the canonical path when one was meant
+/// (`/api/v1/api/v1/health`, `/api/v2/health`, `/api/v1/health/`, `//api/v1/health`, `/health`).
+pub async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    let path = uri.path();
+    let error = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_route",
+        format!("no route {method} {path}; this bridge speaks the /api/v1 contract"),
+    );
+    match canonical(path) {
+        Some(canonical) => error.with_hint(format!("did you mean {canonical}?")),
+        None => error.with_hint("GET /api/v1/openapi.json lists every route"),
+    }
+}
+
+/// The route a malformed path most likely meant.
+pub fn canonical(path: &str) -> Option<String> {
+    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // Duplicated prefixes: /api/v1/api/v1/…
+    while segments.len() >= 4 && segments[0] == "api" && segments[2] == "api" {
+        segments.drain(..2);
+    }
+    let is_version = |s: &str| s.len() > 1 && s.starts_with('v') && s[1..].parse::<u32>().is_ok();
+    match segments.as_slice() {
+        ["api" | "ws", version, ..] if is_version(version) => segments[1] = "v1",
+        [version, ..] if is_version(version) => segments.insert(0, "api"),
+        ["api" | "ws", ..] => segments.insert(1, "v1"),
+        _ => segments.splice(0..0, ["api", "v1"]).for_each(drop),
+    }
+    let candidate = format!("/{}", segments.join("/"));
+    (candidate != path && is_route(&candidate)).then_some(candidate)
+}
+
+fn is_route(path: &str) -> bool {
+    let wanted: Vec<&str> = path.split('/').collect();
+    ROUTES.iter().chain(NOT_SUPPORTED).any(|route| {
+        let parts: Vec<&str> = route.split('/').collect();
+        parts.len() == wanted.len()
+            && parts
+                .iter()
+                .zip(&wanted)
+                .all(|(p, w)| p.starts_with('{') || p == w)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical;
+
+    #[test]
+    fn hints_point_at_the_canonical_path() {
+        for (bad, good) in [
+            ("/api/v1/api/v1/health", "/api/v1/health"),
+            ("/api/v1/api/v1/api/v1/bridge/info", "/api/v1/bridge/info"),
+            ("/api/v2/health", "/api/v1/health"),
+            ("/api/v1/health/", "/api/v1/health"),
+            ("//api//v1/health", "/api/v1/health"),
+            ("/v1/health", "/api/v1/health"),
+            ("/health", "/api/v1/health"),
+            ("/api/health", "/api/v1/health"),
+            ("/ws/v2/events", "/ws/v1/events"),
+            (
+                "/api/v1/commands/echo.noop/invoke/",
+                "/api/v1/commands/echo.noop/invoke",
+            ),
+        ] {
+            assert_eq!(canonical(bad).as_deref(), Some(good), "{bad}");
+        }
+        for nothing in ["/api/v1/nope", "/", "/favicon.ico", "/api/v1/health"] {
+            assert_eq!(canonical(nothing), None, "{nothing}");
+        }
+    }
+}
