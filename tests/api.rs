@@ -63,6 +63,20 @@ async fn handshake_from(bridge: &Bridge, origin: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// `GET path` with the session header, its JSON body.
+async fn get_json(bridge: &Bridge, path: &str, token: &str) -> Value {
+    bridge
+        .client
+        .get(bridge.url(path))
+        .header(TOKEN, token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn invoke(bridge: &Bridge, token: &str, name: &str, body: Value) -> reqwest::Response {
     bridge
         .client
@@ -137,27 +151,9 @@ async fn authenticated_routes_need_a_valid_token_in_the_header() {
         let unauthenticated = bridge.client.get(bridge.url(path)).send().await.unwrap();
         assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
-    let info: Value = bridge
-        .client
-        .get(&info)
-        .header(TOKEN, &token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&bridge, "/api/v1/bridge/info", &token).await;
     assert_eq!(info["components"], json!(["echo"]));
-    let runtime: Value = bridge
-        .client
-        .get(bridge.url("/api/v1/bridge/runtime"))
-        .header(TOKEN, &token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runtime: Value = get_json(&bridge, "/api/v1/bridge/runtime", &token).await;
     assert_eq!(runtime["boundPort"], bridge.server.addr().port());
     assert_eq!(runtime["configuredPort"], 47832);
     assert_eq!(runtime["bindState"], "bound");
@@ -605,16 +601,7 @@ async fn the_connection_log_records_requests_without_tokens() {
     );
     let (mut socket, _) = tokio_tungstenite::connect_async(ws).await.unwrap();
     socket.next().await.unwrap().unwrap();
-    let log: Value = bridge
-        .client
-        .get(bridge.url("/api/v1/bridge/connections"))
-        .header(TOKEN, &token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = get_json(&bridge, "/api/v1/bridge/connections", &token).await;
     let text = log.to_string();
     assert!(!text.contains(&token), "the log holds a token: {text}");
     let entries = log["connections"].as_array().unwrap();
@@ -652,16 +639,7 @@ async fn the_connection_log_records_requests_without_tokens() {
 async fn the_registry_lists_every_export_with_schemas_and_invokes_it() {
     let (_fx, bridge) = echo_bridge(config()).await;
     let token = bridge.token().await;
-    let list: Value = bridge
-        .client
-        .get(bridge.url("/api/v1/commands"))
-        .header(TOKEN, &token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&bridge, "/api/v1/commands", &token).await;
     let commands = list["commands"].as_array().unwrap();
     let names: Vec<&str> = commands
         .iter()
