@@ -63,6 +63,16 @@ async fn handshake_from(bridge: &Bridge, origin: &str) -> reqwest::Response {
         .unwrap()
 }
 
+async fn refresh(bridge: &Bridge, token: &str) -> reqwest::Response {
+    bridge
+        .client
+        .post(bridge.url("/api/v1/session/refresh"))
+        .json(&json!({ "sessionToken": token }))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `GET path` with the session header, its JSON body.
 async fn get_json(bridge: &Bridge, path: &str, token: &str) -> Value {
     bridge
@@ -168,16 +178,7 @@ async fn refresh_rotates_the_token_and_expired_tokens_are_refused() {
     };
     let (_fx, bridge) = echo_bridge(config).await;
     let old = bridge.token().await;
-    let refreshed: Value = bridge
-        .client
-        .post(bridge.url("/api/v1/session/refresh"))
-        .json(&json!({ "sessionToken": old }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let refreshed: Value = refresh(&bridge, &old).await.json().await.unwrap();
     let new = refreshed["sessionToken"].as_str().unwrap().to_string();
     assert_ne!(new, old);
     assert_eq!(refreshed["expiresInMs"], 1000);
@@ -216,13 +217,7 @@ async fn refresh_rotates_the_token_and_expired_tokens_are_refused() {
             .contains("expired"),
         "{body}"
     );
-    let late_refresh = bridge
-        .client
-        .post(bridge.url("/api/v1/session/refresh"))
-        .json(&json!({ "sessionToken": new }))
-        .send()
-        .await
-        .unwrap();
+    let late_refresh = refresh(&bridge, &new).await;
     assert_eq!(late_refresh.status(), StatusCode::UNAUTHORIZED);
 }
 

@@ -9,9 +9,8 @@ use capbridge_runtime::{CallError, CallOptions, LoadEvent, Runtime};
 use capbridge_tests::{component, policy, program, shipped_policy, Fixture};
 use serde_json::{json, Value};
 
-fn echo_fixture() -> (Fixture, Runtime) {
-    let fx = Fixture::new();
-    fx.add("echo", &component("echo"), Some(&shipped_policy("echo")));
+fn echo_runtime() -> (Fixture, Runtime) {
+    let fx = capbridge_tests::echo_fixture();
     let runtime = fx.runtime();
     (fx, runtime)
 }
@@ -32,7 +31,7 @@ fn invalid(result: Result<Value, CallError>) -> String {
 
 #[tokio::test]
 async fn every_wit_type_round_trips_through_json() {
-    let (_fx, runtime) = echo_fixture();
+    let (_fx, runtime) = echo_runtime();
     let drawing = json!({
         "name": "house ⌂",
         "color": "green",
@@ -115,7 +114,7 @@ async fn every_wit_type_round_trips_through_json() {
 
 #[tokio::test]
 async fn wrong_arguments_name_the_field_and_the_expected_type() {
-    let (_fx, runtime) = echo_fixture();
+    let (_fx, runtime) = echo_runtime();
     let good = json!({"name": "n", "color": "red", "shapes": [], "tags": [], "access": []});
     let with = |key: &str, value: Value| {
         let mut d = good.clone();
@@ -227,7 +226,7 @@ async fn wrong_arguments_name_the_field_and_the_expected_type() {
 
 #[tokio::test]
 async fn every_export_has_json_schemas_for_its_arguments_and_result() {
-    let (_fx, runtime) = echo_fixture();
+    let (_fx, runtime) = echo_runtime();
     let info = runtime.component("echo").unwrap();
     let names: Vec<&str> = info.exports.iter().map(|e| e.name.as_str()).collect();
     for expected in [
@@ -280,7 +279,7 @@ async fn every_export_has_json_schemas_for_its_arguments_and_result() {
 
 #[tokio::test]
 async fn host_calls_are_recorded_with_interface_function_inputs_and_outputs() {
-    let (_fx, runtime) = echo_fixture();
+    let (_fx, runtime) = echo_runtime();
     let options = CallOptions {
         record: true,
         ..CallOptions::default()

@@ -74,10 +74,8 @@ fn report(name: &str, f: &Figures) {
 }
 
 fn main() {
-    // As `capbridge` itself runs: error values capture no backtraces (see host/cli/src/main.rs).
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        std::env::set_var("RUST_LIB_BACKTRACE", "0");
-    }
+    // As `capbridge` itself runs.
+    capbridge_runtime::engine::skip_error_backtraces();
     let fixture = echo_fixture();
     let runtime = Arc::new(fixture.runtime());
     let tokio = tokio::runtime::Runtime::new().unwrap();

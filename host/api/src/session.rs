@@ -69,10 +69,6 @@ impl Sessions {
         }
     }
 
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Issues a new session for a client on `origin` (`None`: a non-browser local client).
     pub fn issue(&self, origin: Option<&str>) -> anyhow::Result<Issued> {
         let token = new_token()?;

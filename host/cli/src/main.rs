@@ -103,12 +103,7 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    // Error values do not capture backtraces (wasmtime creates one as every store is dropped,
-    // and with RUST_BACKTRACE=1 capturing it would triple the cost of a call); panics still
-    // print theirs under RUST_BACKTRACE. Set before any thread starts.
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        std::env::set_var("RUST_LIB_BACKTRACE", "0");
-    }
+    capbridge_runtime::engine::skip_error_backtraces();
     let cli = Cli::parse();
     tracing_subscriber::registry()
         .with(

@@ -62,6 +62,16 @@ fn base_config() -> Config {
     config
 }
 
+/// Makes error values skip backtrace capture (`RUST_LIB_BACKTRACE=0`) unless the environment
+/// says otherwise: wasmtime creates an error as every store is dropped, and with
+/// `RUST_BACKTRACE=1` capturing its backtrace would triple the cost of a fresh-instance call.
+/// Panics still print backtraces under `RUST_BACKTRACE`. Call before any other thread starts.
+pub fn skip_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
 /// Advances the engine's epoch every [`EPOCH_TICK`] on a background thread until dropped.
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
