@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use capbridge_tests::{echo_fixture, root, Bridge};
+use capbridge_tests::{component, echo_fixture, root, shipped_policy, Bridge};
 use serde_json::Value;
 
 /// The doc's first example; the test replaces it with the test server's address.
@@ -171,7 +171,25 @@ async fn shell_examples_in_the_contract_print_what_the_doc_shows() {
         "the doc's first ```sh block must set `{BRIDGE_LINE}`"
     );
 
+    // The shipped components and policies, the workspace target in a temporary home.
     let fixture = echo_fixture();
+    let home = tempfile::tempdir().expect("temp home");
+    let filesystem_policy = shipped_policy("filesystem").replace(
+        "\"~/capbridge\"",
+        &format!("{:?}", home.path().join("capbridge").display().to_string()),
+    );
+    assert!(
+        filesystem_policy != shipped_policy("filesystem"),
+        "policy/filesystem.toml no longer grants \"~/capbridge\"; update this test"
+    );
+    fixture.add(
+        "filesystem",
+        &component("filesystem"),
+        Some(&filesystem_policy),
+    );
+    for id in ["awake", "system"] {
+        fixture.add(id, &component(id), Some(&shipped_policy(id)));
+    }
     let config = capbridge_api::BridgeConfig {
         origins: vec![APP_ORIGIN.to_string()],
         ..Default::default()

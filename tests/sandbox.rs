@@ -541,6 +541,7 @@ async fn an_infinite_loop_is_stopped_at_its_deadline_while_other_calls_are_serve
     let options = CallOptions {
         deadline: Some(Duration::from_millis(100)),
         record: false,
+        session: None,
     };
     match runtime.call("probe", "spin", &json!({}), &options).await {
         Err(CallError::Timeout(d)) => assert_eq!(d, Duration::from_millis(100)),
@@ -549,6 +550,7 @@ async fn an_infinite_loop_is_stopped_at_its_deadline_while_other_calls_are_serve
     let options = CallOptions {
         deadline: Some(Duration::from_secs(3600)),
         record: false,
+        session: None,
     };
     match runtime
         .call("probe", "sleep-loop", &json!({}), &options)

@@ -4,8 +4,11 @@
 //! - `GET /api/v1/health` (no session);
 //! - a native no-op route behind the same checks and session as the contract's routes;
 //! - `POST /api/v1/commands/echo.noop/invoke`: a fresh component instance per request;
+//! - `POST /api/v1/filesystem/read` of a 4 KiB file through the sandboxed `filesystem`
+//!   component, against a native route that reads the same file and answers the same JSON;
+//! - `GET /api/v1/system/info` through the `system` component;
 //!
-//! and the ratio component / native from the same run.
+//! and the ratios component / native from the same run.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::sync::Arc;
 use axum::routing::post;
 use axum::{Json, Router};
 use capbridge_api::{BridgeConfig, ServeOptions, Server, Shared};
-use capbridge_tests::echo_fixture;
+use capbridge_tests::{component, echo_fixture, shipped_policy};
 use serde_json::{json, Value};
 
 const DURATION: &str = "10s";
@@ -25,23 +28,26 @@ struct Figures {
     p99: String,
 }
 
-/// Runs wrk against `url`; `post` is `(token, body)` for a POST with the session header.
-fn wrk(url: &str, post: Option<(&str, &str)>) -> Figures {
+/// Runs wrk against `url`, with the session header when `token` is given, as a POST of `body`
+/// when one is given.
+fn wrk(url: &str, token: Option<&str>, body: Option<&str>) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new("wrk");
     command.args(["--latency", "-t1", "-c", CONNECTIONS, "-d", DURATION]);
-    if let Some((token, body)) = post {
-        let script = dir.path().join("post.lua");
-        std::fs::write(
-            &script,
-            format!(
-                "wrk.method = \"POST\"\nwrk.body = '{body}'\n\
-                 wrk.headers[\"Content-Type\"] = \"application/json\"\n\
-                 wrk.headers[\"X-OSLOOP-BRIDGE-TOKEN\"] = \"{token}\"\n"
-            ),
-        )
-        .unwrap();
-        command.arg("-s").arg(&script);
+    let mut script = String::new();
+    if let Some(token) = token {
+        script += &format!("wrk.headers[\"X-OSLOOP-BRIDGE-TOKEN\"] = \"{token}\"\n");
+    }
+    if let Some(body) = body {
+        script += &format!(
+            "wrk.method = \"POST\"\nwrk.body = '{body}'\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\n"
+        );
+    }
+    if !script.is_empty() {
+        let path = dir.path().join("request.lua");
+        std::fs::write(&path, script).unwrap();
+        command.arg("-s").arg(&path);
     }
     let output = command.arg(url).output().unwrap_or_else(|e| {
         panic!("wrk is not installed ({e}): run `apt-get install -y wrk`, or `cargo xtask bench`")
@@ -77,13 +83,44 @@ fn main() {
     // As `capbridge` itself runs.
     capbridge_runtime::engine::skip_error_backtraces();
     let fixture = echo_fixture();
+    let workspace = tempfile::tempdir().unwrap();
+    let file = workspace.path().join("page.txt");
+    std::fs::write(&file, "capbridge ".repeat(410)).unwrap();
+    let filesystem_policy = shipped_policy("filesystem").replace(
+        "\"~/capbridge\"",
+        &format!("{:?}", workspace.path().display().to_string()),
+    );
+    fixture.add(
+        "filesystem",
+        &component("filesystem"),
+        Some(&filesystem_policy),
+    );
+    fixture.add(
+        "system",
+        &component("system"),
+        Some(&shipped_policy("system")),
+    );
     let runtime = Arc::new(fixture.runtime());
     let tokio = tokio::runtime::Runtime::new().unwrap();
     let (server, token) = tokio.block_on(async {
-        let native: Router<Arc<Shared>> = Router::new().route(
-            "/bench/noop",
-            post(|Json(_): Json<Value>| async { Json(json!({ "result": null })) }),
-        );
+        let native: Router<Arc<Shared>> = Router::new()
+            .route(
+                "/bench/noop",
+                post(|Json(_): Json<Value>| async { Json(json!({ "result": null })) }),
+            )
+            .route(
+                "/bench/read",
+                post(move |Json(request): Json<Value>| {
+                    let file = file.clone();
+                    async move {
+                        let content = tokio::fs::read_to_string(&file).await.unwrap();
+                        Json(json!({
+                            "target": request["target"], "path": request["path"],
+                            "size": content.len(), "encoding": "utf8", "content": content,
+                        }))
+                    }
+                }),
+            );
         let options = ServeOptions {
             extra_routes: Some(native),
             ..ServeOptions::default()
@@ -97,20 +134,36 @@ fn main() {
     println!(
         "wrk: 1 thread, {CONNECTIONS} connections, {DURATION} each; the server has the other core"
     );
-    let health = wrk(&format!("{base}/api/v1/health"), None);
+    let health = wrk(&format!("{base}/api/v1/health"), None, None);
     report("GET /api/v1/health", &health);
     let body = r#"{"args":{}}"#;
-    let native = wrk(&format!("{base}/bench/noop"), Some((&token, body)));
+    let native = wrk(&format!("{base}/bench/noop"), Some(&token), Some(body));
     report("POST native no-op (same checks and session)", &native);
     let component = wrk(
         &format!("{base}/api/v1/commands/echo.noop/invoke"),
-        Some((&token, body)),
+        Some(&token),
+        Some(body),
     );
     report("POST /api/v1/commands/echo.noop/invoke", &component);
     println!(
         "component / native: {:.2}x the requests/s",
         component.requests_per_second / native.requests_per_second
     );
+    let read = r#"{"target":"workspace","path":"page.txt"}"#;
+    let native_read = wrk(&format!("{base}/bench/read"), Some(&token), Some(read));
+    report("POST native read of a 4 KiB file", &native_read);
+    let component_read = wrk(
+        &format!("{base}/api/v1/filesystem/read"),
+        Some(&token),
+        Some(read),
+    );
+    report("POST /api/v1/filesystem/read (4 KiB)", &component_read);
+    println!(
+        "filesystem component / native read: {:.2}x the requests/s",
+        component_read.requests_per_second / native_read.requests_per_second
+    );
+    let info = wrk(&format!("{base}/api/v1/system/info"), Some(&token), None);
+    report("GET /api/v1/system/info", &info);
     tokio
         .block_on(server.shutdown(std::time::Duration::from_secs(5)))
         .unwrap();

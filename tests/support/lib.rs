@@ -111,6 +111,7 @@ impl Fixture {
             policy_dir: self.policy_dir(),
             cache_dir: shared_cache_dir(),
             determinism: None,
+            picker: capbridge_runtime::caps::dialog::Picker::Headless,
         }
     }
 
@@ -205,4 +206,50 @@ pub fn echo_fixture() -> Fixture {
     let fixture = Fixture::new();
     fixture.add("echo", &component("echo"), Some(&shipped_policy("echo")));
     fixture
+}
+
+/// A fixture holding component `id` (as built) with `policy` as its policy file.
+pub fn fixture_with(id: &str, policy: &str) -> Fixture {
+    let fixture = Fixture::new();
+    fixture.add(id, &component(id), Some(policy));
+    fixture
+}
+
+/// Policy `text` after `edit` changed its TOML table (comments are not kept).
+pub fn edit_policy(text: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
+    let mut table: toml::Table = text.parse().expect("the policy is TOML");
+    edit(&mut table);
+    toml::to_string(&table).expect("serialise the policy")
+}
+
+/// One `[[grants.directories]]` entry: host directory, guest path, access.
+pub struct DirGrant<'a> {
+    pub host: &'a Path,
+    pub guest: &'a str,
+    pub access: &'a str,
+}
+
+/// Policy `text` with its directory grants replaced by `directories` (every other key kept).
+pub fn with_directories(text: &str, directories: &[DirGrant]) -> String {
+    edit_policy(text, |table| {
+        let grants = table
+            .entry("grants")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("[grants] is a table");
+        let list = directories
+            .iter()
+            .map(|d| {
+                let mut entry = toml::Table::new();
+                entry.insert(
+                    "host".into(),
+                    toml::Value::String(d.host.to_str().expect("UTF-8 path").into()),
+                );
+                entry.insert("guest".into(), toml::Value::String(d.guest.into()));
+                entry.insert("access".into(), toml::Value::String(d.access.into()));
+                toml::Value::Table(entry)
+            })
+            .collect();
+        grants.insert("directories".into(), toml::Value::Array(list));
+    })
 }

@@ -45,7 +45,13 @@ fn xtask() -> anyhow::Result<()> {
         Some("test") => {
             ensure_toolchain()?;
             // The browser end-to-end test drives Chromium; the contract doc test runs curl and jq.
-            ensure_packages(&[("chromium", "chromium"), ("curl", "curl"), ("jq", "jq")])?;
+            // dbus-daemon: the private session bus the sleep-prevention and picker tests run on.
+            ensure_packages(&[
+                ("chromium", "chromium"),
+                ("curl", "curl"),
+                ("jq", "jq"),
+                ("dbus-daemon", "dbus-daemon"),
+            ])?;
             build_guests(&root)?;
             run(cargo().args(["fmt", "--all", "--", "--check"]))
                 .context("code is not formatted: run `cargo fmt --all`")?;

@@ -72,7 +72,8 @@ fn default_command_timeout() -> u64 {
     30_000
 }
 fn default_max_body() -> usize {
-    1 << 20
+    // A 16 MiB file written as base64 (the filesystem capability's limit) fits.
+    32 << 20
 }
 fn default_heartbeat() -> u64 {
     15_000

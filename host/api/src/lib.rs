@@ -136,6 +136,18 @@ impl Server {
             sockets: TaskTracker::new(),
         });
         let app = router(shared.clone(), options.extra_routes);
+        // Ended sessions give back their sleep-prevention holds and picks.
+        let sweeper = shared.clone();
+        let mut sweeper_stop = shared.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(routes::capability::SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => routes::capability::sweep_ended_sessions(&sweeper).await,
+                    _ = sweeper_stop.changed() => break,
+                }
+            }
+        });
         let mut stop = shared.shutdown.subscribe();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -160,6 +172,13 @@ impl Server {
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
         self.shared.shutdown.send_replace(true);
         self.shared.sockets.close();
+        // Nobody can hold sleep prevention for a bridge that is gone.
+        self.shared
+            .runtime
+            .services()
+            .awake
+            .release_where(|_| true)
+            .await;
         let mut task = self.task;
         let drained = tokio::time::timeout(grace, async {
             let served = (&mut task).await;
@@ -197,13 +216,18 @@ fn router(shared: Arc<Shared>, extra: Option<Router<Arc<Shared>>>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout(),
         ));
-    // Invocations have their own deadline (504); the event socket lives as long as the session.
+    // Invocations and capability calls have their own deadline (504, from the command timeout
+    // and the component's policy); the event socket lives as long as the session.
     let untimed = Router::new()
         .merge(
-            routes::commands::invocation().route_layer(from_fn_with_state(
-                shared.clone(),
-                security::require_session,
-            )),
+            routes::commands::invocation()
+                .merge(routes::filesystem::routes())
+                .merge(routes::awake::routes())
+                .merge(routes::system::routes())
+                .route_layer(from_fn_with_state(
+                    shared.clone(),
+                    security::require_session,
+                )),
         )
         .merge(routes::events::routes());
     Router::new()

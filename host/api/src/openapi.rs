@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{bridge, commands, events, session};
+use crate::routes::{awake, bridge, commands, events, filesystem, session, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,9 @@ use crate::routes::{bridge, commands, events, session};
     paths(
         bridge::health, bridge::openapi, session::handshake, session::refresh, bridge::info,
         bridge::capabilities, bridge::runtime, bridge::connections, commands::list,
-        commands::invoke, events::upgrade,
+        commands::invoke, filesystem::targets, filesystem::select, filesystem::read,
+        filesystem::write, awake::status, awake::acquire, awake::release, system::info,
+        system::tools, system::locate, system::recipes, system::resolve, events::upgrade,
     ),
     components(schemas(events::Envelope)),
     modifiers(&TokenHeader),
@@ -24,6 +26,9 @@ use crate::routes::{bridge, commands, events, session};
         (name = "bridge", description = "Discovery and the bridge's own state"),
         (name = "session", description = "Handshake and refresh"),
         (name = "commands", description = "Component exports, listed and invoked"),
+        (name = "filesystem", description = "Granted directories: targets, read, atomic write, pickers"),
+        (name = "awake", description = "Sleep prevention, held per session"),
+        (name = "system", description = "OS facts, tools on the search path, install recipes"),
         (name = "events", description = "The event WebSocket"),
     ),
 )]

@@ -20,6 +20,11 @@ pub const TOKEN_HEADER: &str = "x-osloop-bridge-token";
 #[derive(Clone, Copy, Debug)]
 pub struct Authenticated;
 
+/// The session an authenticated request belongs to (a request extension set by
+/// [`require_session`]; capability routes make their component calls for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionId(pub u64);
+
 /// The names a loopback client may use for this bridge (it listens on 127.0.0.1 only), with the
 /// bound port.
 pub fn allowed_hosts(port: u16) -> [String; 2] {
@@ -115,13 +120,15 @@ pub async fn require_session(
         ));
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    authenticate(
+    let session = authenticate(
         &shared,
         token,
         origin,
         "this route needs a session: send the token from POST /api/v1/session/handshake in \
          the X-OSLOOP-BRIDGE-TOKEN header",
     )?;
+    let mut request = request;
+    request.extensions_mut().insert(SessionId(session));
     let mut response = next.run(request).await;
     response.extensions_mut().insert(Authenticated);
     Ok(response)

@@ -351,6 +351,7 @@ fn runtime_config(cli: &Cli) -> anyhow::Result<RuntimeConfig> {
                 .join("compiled"),
         },
         determinism: None,
+        picker: capbridge_runtime::caps::dialog::Picker::from_env(),
     })
 }
 
@@ -389,6 +390,19 @@ fn grants_summary(policy: &Policy) -> Vec<String> {
     }
     if Grantable::Log.granted_by(policy) {
         grants.push("log".into());
+    }
+    if policy.awake {
+        grants.push("awake".into());
+    }
+    if policy.dialog {
+        grants.push("dialog".into());
+    }
+    if let Some(system) = &policy.system {
+        grants.push(if system.programs.is_empty() {
+            "system".to_string()
+        } else {
+            format!("system (--version of {})", system.programs.join(", "))
+        });
     }
     grants
 }

@@ -160,6 +160,47 @@ impl Policy {
         if self.log {
             lines.push(ExplainLine::plain("Can write to the host log.".to_string()));
         }
+        if self.awake {
+            lines.push(ExplainLine::plain(
+                "Can keep the machine awake (inhibit the screen saver and idle sleep) while a \
+                 session holds it; holds end with their session."
+                    .to_string(),
+            ));
+        }
+        if self.dialog {
+            lines.push(ExplainLine::risky(
+                "Can show native pickers; a directory the person picks becomes readable (or \
+                 writable, as the picker says) by this component for the session that asked."
+                    .to_string(),
+                Some(
+                    "what a person picks widens this component's file access beyond the \
+                     directories listed above, for that session only"
+                        .to_string(),
+                ),
+            ));
+        }
+        if let Some(system) = &self.system {
+            lines.push(ExplainLine::plain(
+                "Can read the machine's OS name and version, architecture, kernel release and \
+                 login shell."
+                    .to_string(),
+            ));
+            if !system.programs.is_empty() {
+                lines.push(ExplainLine::risky(
+                    format!(
+                        "Can run these programs with the single argument --version, where they \
+                         lie in a granted directory: {}.",
+                        system.programs.join(", ")
+                    ),
+                    Some(
+                        "it starts host processes (no input, empty environment but PATH, killed \
+                         after 3 seconds); a program that ignores --version runs as if started \
+                         bare"
+                            .to_string(),
+                    ),
+                ));
+            }
+        }
 
         let mut not_granted = Vec::new();
         if self.directories.is_empty() {
@@ -176,6 +217,15 @@ impl Policy {
         }
         if !self.log {
             not_granted.push("no host log".to_string());
+        }
+        if !self.awake {
+            not_granted.push("no sleep prevention".to_string());
+        }
+        if !self.dialog {
+            not_granted.push("no native pickers".to_string());
+        }
+        if self.system.is_none() {
+            not_granted.push("no system facts and no programs to run".to_string());
         }
         not_granted.push("no raw sockets (wasi:sockets is never granted)".to_string());
         not_granted.push(

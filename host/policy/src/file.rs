@@ -116,6 +116,27 @@ pub struct GrantsFile {
     /// Whether the component may write to the host log.
     #[serde(default)]
     pub log: bool,
+    /// Whether the component may keep the machine awake (`capbridge:host/awake`).
+    #[serde(default)]
+    pub awake: bool,
+    /// Whether the component may show native pickers (`capbridge:host/dialog`); a pick widens
+    /// access for the session that asked, to what the person picked.
+    #[serde(default)]
+    pub dialog: bool,
+    /// Facts about this machine and versions of named programs (`capbridge:host/system`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemGrantFile>,
+}
+
+/// What `capbridge:host/system` may do beyond reading the machine's OS facts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SystemGrantFile {
+    /// File names of programs the component may run with the single argument `--version`, and
+    /// only where they lie in a granted directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^[A-Za-z0-9._+-]{1,64}$")))]
+    pub programs: Vec<String>,
 }
 
 /// One host directory made visible to the component.

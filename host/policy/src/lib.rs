@@ -20,11 +20,11 @@ mod topic;
 
 pub use explain::{ExplainLine, Explanation};
 pub use file::{
-    Access, DirectoryGrantFile, GrantsFile, InstanceMode, LimitsFile, PolicyFile,
+    Access, DirectoryGrantFile, GrantsFile, InstanceMode, LimitsFile, PolicyFile, SystemGrantFile,
     DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MIB, DEFAULT_OUTPUT_BYTES, DEFAULT_TABLE_ELEMENTS,
 };
 pub use network::{is_private_address, NetworkGrant, Scheme};
-pub use policy::{DirectoryGrant, Limits, Policy, PolicyError, Problem};
+pub use policy::{DirectoryGrant, Limits, Policy, PolicyError, Problem, SystemGrant};
 pub use topic::{check_topic, TopicPattern};
 
 /// The policy format version this crate reads.

@@ -26,6 +26,10 @@ pub struct Policy {
     pub network: Vec<NetworkGrant>,
     pub events: Vec<TopicPattern>,
     pub log: bool,
+    pub awake: bool,
+    pub dialog: bool,
+    /// `grants.system`: `None` when the interface is not granted.
+    pub system: Option<SystemGrant>,
     /// The home directory `~/` was expanded against (from `$HOME` at parse time), if known.
     pub home: Option<PathBuf>,
 }
@@ -60,6 +64,12 @@ pub struct DirectoryGrant {
     pub access: Access,
     /// Create `host` (and its parents) at load if it is missing.
     pub create: bool,
+}
+
+/// `grants.system`: the program names whose `--version` the component may read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SystemGrant {
+    pub programs: Vec<String>,
 }
 
 /// One thing wrong with a policy file, naming the key it is about.
@@ -191,6 +201,9 @@ impl Policy {
             network,
             events,
             log,
+            awake,
+            dialog,
+            system,
         } = file.grants;
         let directories = check_directories(&directories, home.as_deref(), &mut problems);
         check_environment(&environment, &mut problems);
@@ -216,6 +229,21 @@ impl Policy {
                 }
             })
             .collect();
+        let system = system.map(|system| {
+            for (i, name) in system.programs.iter().enumerate() {
+                if !is_program_name(name) {
+                    problems.add(
+                        format!("grants.system.programs[{i}]"),
+                        format!(
+                            "{name:?} is not a program file name (1 to 64 of A-Z a-z 0-9 . _ + -)"
+                        ),
+                    );
+                }
+            }
+            SystemGrant {
+                programs: system.programs,
+            }
+        });
         if !problems.0.is_empty() {
             return Err(PolicyError::Invalid {
                 path: source.to_path_buf(),
@@ -233,6 +261,9 @@ impl Policy {
             network,
             events,
             log,
+            awake,
+            dialog,
+            system,
             home,
         })
     }
@@ -254,6 +285,16 @@ impl Policy {
             .iter()
             .find(|grant| grant.matches(scheme, host, port))
     }
+}
+
+/// A bare file name a program may have: no separators, no `..`.
+fn is_program_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
 }
 
 #[derive(Default)]
@@ -970,5 +1011,63 @@ mod tests {
         assert!(shown.contains(&path.display().to_string()), "{shown}");
         assert!(shown.contains("line 2"), "{shown}");
         assert!(shown.contains("bogus"), "{shown}");
+    }
+
+    #[test]
+    fn awake_dialog_and_system_are_granted_only_when_written() {
+        let p = ok("version = 1");
+        assert!(!p.awake && !p.dialog && p.system.is_none());
+        let p = ok(
+            "version = 1\n[grants]\nawake = true\ndialog = true\n[grants.system]\nprograms = [\"git\", \"python3\", \"g++\"]\n",
+        );
+        assert!(p.awake && p.dialog);
+        assert_eq!(
+            p.system.unwrap().programs,
+            ["git", "python3", "g++"].map(String::from)
+        );
+        // An empty table grants the facts, and no program.
+        let p = ok("version = 1\n[grants.system]\n");
+        assert!(p.system.unwrap().programs.is_empty());
+    }
+
+    #[test]
+    fn system_programs_are_bare_file_names() {
+        for bad in ["", "..", ".", "bin/git", "/usr/bin/git", "a b", "x\u{0}"] {
+            let text = format!(
+                "version = 1\n[grants.system]\nprograms = [{}]\n",
+                quoted(bad)
+            );
+            let message = problem(&text);
+            assert!(
+                message.contains("grants.system.programs[0]"),
+                "{bad:?}: {message}"
+            );
+        }
+        let long = "a".repeat(65);
+        let text = format!(
+            "version = 1\n[grants.system]\nprograms = [{}]\n",
+            quoted(&long)
+        );
+        assert!(problem(&text).contains("not a program file name"));
+        assert!(syntax_error("version = 1\n[grants.system]\nprogram = []\n").contains("program"));
+    }
+
+    #[test]
+    fn explain_flags_pickers_and_programs() {
+        let p = ok("version = 1\n[grants]\nawake = true\ndialog = true\n[grants.system]\nprograms = [\"git\"]\n");
+        let explained = p.explain();
+        let risks: Vec<String> = explained.risks().map(|l| l.text.clone()).collect();
+        assert!(risks.iter().any(|r| r.contains("pickers")), "{risks:?}");
+        assert!(
+            risks
+                .iter()
+                .any(|r| r.contains("--version") && r.contains("git")),
+            "{risks:?}"
+        );
+        let p = ok("version = 1");
+        let not_granted = p.explain().not_granted.join("\n");
+        assert!(not_granted.contains("no sleep prevention"), "{not_granted}");
+        assert!(not_granted.contains("no native pickers"), "{not_granted}");
+        assert!(not_granted.contains("no system facts"), "{not_granted}");
     }
 }

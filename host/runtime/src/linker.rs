@@ -56,6 +56,12 @@ pub enum Grantable {
     Events,
     /// `capbridge:host/log`, by `grants.log`.
     Log,
+    /// `capbridge:host/awake`, by `grants.awake`.
+    Awake,
+    /// `capbridge:host/dialog`, by `grants.dialog`.
+    Dialog,
+    /// `capbridge:host/system`, by `grants.system`.
+    System,
 }
 
 impl Grantable {
@@ -64,6 +70,9 @@ impl Grantable {
             Grantable::Network => "grants.network",
             Grantable::Events => "grants.events",
             Grantable::Log => "grants.log",
+            Grantable::Awake => "grants.awake",
+            Grantable::Dialog => "grants.dialog",
+            Grantable::System => "grants.system",
         }
     }
 
@@ -72,6 +81,9 @@ impl Grantable {
             Grantable::Network => !policy.network.is_empty(),
             Grantable::Events => !policy.events.is_empty(),
             Grantable::Log => policy.log,
+            Grantable::Awake => policy.awake,
+            Grantable::Dialog => policy.dialog,
+            Grantable::System => policy.system.is_some(),
         }
     }
 }
@@ -97,6 +109,9 @@ pub fn classify(import: &str) -> ImportKind {
         }
         "capbridge:host/events" => ImportKind::Grantable(Grantable::Events),
         "capbridge:host/log" => ImportKind::Grantable(Grantable::Log),
+        "capbridge:host/awake" => ImportKind::Grantable(Grantable::Awake),
+        "capbridge:host/dialog" => ImportKind::Grantable(Grantable::Dialog),
+        "capbridge:host/system" => ImportKind::Grantable(Grantable::System),
         _ => ImportKind::NotProvided,
     }
 }
@@ -154,6 +169,15 @@ pub fn granted_linker(engine: &Engine, policy: &Policy) -> wasmtime::Result<Link
     }
     if Grantable::Log.granted_by(policy) {
         capbridge_host::log::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    }
+    if Grantable::Awake.granted_by(policy) {
+        capbridge_host::awake::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    }
+    if Grantable::Dialog.granted_by(policy) {
+        capbridge_host::dialog::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    }
+    if Grantable::System.granted_by(policy) {
+        capbridge_host::system::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     }
     Ok(linker)
 }

@@ -21,7 +21,10 @@ use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::cache::{CacheOutcome, CompileCache};
+use crate::caps::awake::AwakeService;
+use crate::caps::dialog::{DialogService, Picker};
 use crate::caps::events::EventBus;
+use crate::caps::Services;
 use crate::engine::{new_engine, EpochTicker};
 use crate::linker::{check_imports, granted_linker};
 use crate::output::CapturedOutput;
@@ -37,6 +40,9 @@ pub struct RuntimeConfig {
     pub cache_dir: PathBuf,
     /// Fixed clocks and randomness for every store (replay); `None` uses the real ones.
     pub determinism: Option<Determinism>,
+    /// Where native pickers come from ([`Picker::from_env`]: the desktop portal when a display
+    /// is present, none when headless).
+    pub picker: Picker,
 }
 
 /// Progress while loading, for a caller to show.
@@ -105,6 +111,9 @@ pub struct CallOptions {
     pub deadline: Option<Duration>,
     /// Record every host import call (see [`crate::recorder`]).
     pub record: bool,
+    /// The contract session the call is made for: awake holds are counted against it, and what
+    /// it picked is mounted. `None` outside the contract (CLI, tests, benchmarks).
+    pub session: Option<u64>,
 }
 
 /// What a successful call produced.
@@ -153,6 +162,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     cache: CompileCache,
     events: EventBus,
+    services: Services,
     components: BTreeMap<String, Entry>,
     _ticker: EpochTicker,
 }
@@ -193,11 +203,17 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let engine = new_engine()?;
         let ticker = EpochTicker::start(&engine)?;
+        let events = EventBus::default();
+        let services = Services {
+            awake: AwakeService::new(events.clone()),
+            dialog: DialogService::new(config.picker.clone()),
+        };
         Ok(Self {
             cache: CompileCache::new(&config.cache_dir),
             engine,
             config,
-            events: EventBus::default(),
+            events,
+            services,
             components: BTreeMap::new(),
             _ticker: ticker,
         })
@@ -213,6 +229,11 @@ impl Runtime {
 
     pub fn events(&self) -> &EventBus {
         &self.events
+    }
+
+    /// The host-wide services (sleep prevention, picks) the capbridge interfaces act on.
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// Every discovered component, loaded or not, by id.
@@ -458,7 +479,7 @@ impl Runtime {
             ));
         }
         let started = Instant::now();
-        let run = self.run(&loaded, func, params, deadline);
+        let run = self.run(&loaded, func, params, deadline, options.session);
         let (outcome, host_calls) = if options.record {
             crate::recorder::record(run).await
         } else {
@@ -487,10 +508,11 @@ impl Runtime {
         func: &Function,
         params: Vec<Val>,
         deadline: Duration,
+        session: Option<u64>,
     ) -> Result<(Option<Val>, CapturedOutput, CapturedOutput), CallError> {
         match &loaded.persistent {
             None => {
-                let mut store = self.new_store(loaded)?;
+                let mut store = self.new_store(loaded, session)?;
                 let result =
                     call_in_store(&mut store, None, &loaded.pre, func, &params, deadline).await;
                 let (stdout, stderr) = (store.data().stdout.take(), store.data().stderr.take());
@@ -500,8 +522,11 @@ impl Runtime {
                 let mut slot = slot.lock().await;
                 let (mut store, instance) = match slot.take() {
                     Some(live) => (live.store, Some(live.instance)),
-                    None => (self.new_store(loaded)?, None),
+                    None => (self.new_store(loaded, session)?, None),
                 };
+                // The instance outlives the call; the session is this call's (picks are
+                // mounted only into fresh instances).
+                store.data_mut().grants.session = session;
                 let result =
                     call_in_store(&mut store, instance, &loaded.pre, func, &params, deadline).await;
                 let (stdout, stderr) = (store.data().stdout.take(), store.data().stderr.take());
@@ -518,10 +543,16 @@ impl Runtime {
         }
     }
 
-    fn new_store(&self, loaded: &Loaded) -> Result<Store<HostState>, CallError> {
+    fn new_store(
+        &self,
+        loaded: &Loaded,
+        session: Option<u64>,
+    ) -> Result<Store<HostState>, CallError> {
         let state = HostState::new(
             loaded.policy.clone(),
             self.events.clone(),
+            self.services.clone(),
+            session,
             self.config.determinism,
         )
         .map_err(|e| CallError::Host(format!("{e:#}")))?;

@@ -14,12 +14,17 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::caps::events::EventBus;
 use crate::caps::network::NetworkHooks;
+use crate::caps::Services;
 use crate::output::CappedOutput;
 
-/// What the capbridge interfaces of a store act on: the policy that scopes them and the bus.
+/// What the capbridge interfaces of a store act on: the policy that scopes them, the bus, the
+/// host-wide services, and the contract session the call is made for.
 pub struct Grants {
     pub policy: Arc<Policy>,
     pub events: EventBus,
+    pub services: Services,
+    /// The contract session the call is made for (`None`: the CLI, a test, a benchmark).
+    pub session: Option<u64>,
 }
 
 /// The `T` of every `Store<T>` capbridge creates.
@@ -48,6 +53,8 @@ impl HostState {
     pub fn new(
         policy: Arc<Policy>,
         events: EventBus,
+        services: Services,
+        session: Option<u64>,
         determinism: Option<Determinism>,
     ) -> anyhow::Result<Self> {
         let output_cap = usize::try_from(policy.limits.output_bytes).unwrap_or(usize::MAX);
@@ -70,6 +77,17 @@ impl HostState {
                     anyhow::anyhow!("opening granted directory {}: {e}", dir.host.display())
                 })?;
         }
+        // What a person picked for this session, and only for it.
+        for pick in services.dialog.preopens(session, &policy.component_id) {
+            let perms = match pick.access {
+                Access::ReadOnly => FsPerms::ReadOnly,
+                Access::ReadWrite => FsPerms::ReadWrite,
+            };
+            wasi.preopened_dir(&pick.host_path, &pick.guest_path, perms)
+                .map_err(|e| {
+                    anyhow::anyhow!("opening picked directory {}: {e}", pick.host_path.display())
+                })?;
+        }
         if let Some(determinism) = determinism {
             let seed = determinism.seed.to_le_bytes().to_vec();
             wasi.secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
@@ -88,7 +106,12 @@ impl HostState {
             network: NetworkHooks::new(policy.clone()),
             table: ResourceTable::new(),
             limits,
-            grants: Grants { policy, events },
+            grants: Grants {
+                policy,
+                events,
+                services,
+                session,
+            },
             stdout,
             stderr,
         })

@@ -8,13 +8,14 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use capbridge_runtime::{CallError, CallOptions, ComponentStatus, Runtime};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::security::SessionId;
 use crate::Shared;
 
 pub fn listing() -> Router<Arc<Shared>> {
@@ -158,6 +159,7 @@ pub struct InvokeResponse {
     ))]
 pub async fn invoke(
     State(shared): State<Arc<Shared>>,
+    Extension(session): Extension<SessionId>,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<InvokeRequest>,
 ) -> Result<Json<InvokeResponse>, ApiError> {
@@ -178,6 +180,7 @@ pub async fn invoke(
     let options = CallOptions {
         deadline: Some(deadline),
         record: false,
+        session: Some(session.0),
     };
     let outcome = shared
         .runtime

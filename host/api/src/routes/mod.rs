@@ -1,9 +1,13 @@
 //! The contract's routes, and the strict handling of everything else.
 
+pub mod awake;
 pub mod bridge;
+pub mod capability;
 pub mod commands;
 pub mod events;
+pub mod filesystem;
 pub mod session;
+pub mod system;
 
 use std::sync::Arc;
 
@@ -27,6 +31,18 @@ pub const ROUTES: &[&str] = &[
     "/api/v1/capabilities",
     "/api/v1/commands",
     "/api/v1/commands/{name}/invoke",
+    "/api/v1/filesystem/targets",
+    "/api/v1/filesystem/select",
+    "/api/v1/filesystem/read",
+    "/api/v1/filesystem/write",
+    "/api/v1/awake/status",
+    "/api/v1/awake/acquire",
+    "/api/v1/awake/release",
+    "/api/v1/system/info",
+    "/api/v1/system/tools",
+    "/api/v1/system/tools/locate",
+    "/api/v1/system/tools/recipes",
+    "/api/v1/system/tools/recipes/resolve",
     "/ws/v1/events",
 ];
 
@@ -39,19 +55,7 @@ pub const NOT_SUPPORTED: &[&str] = &[
     "/api/v1/mcp/servers/{serverId}/disconnect",
     "/api/v1/mcp/servers/{serverId}/capabilities",
     "/api/v1/mcp/call",
-    "/api/v1/awake/status",
-    "/api/v1/awake/acquire",
-    "/api/v1/awake/release",
-    "/api/v1/filesystem/targets",
-    "/api/v1/filesystem/select",
-    "/api/v1/filesystem/read",
-    "/api/v1/filesystem/write",
-    "/api/v1/system/info",
-    "/api/v1/system/tools",
-    "/api/v1/system/tools/locate",
     "/api/v1/system/tools/install",
-    "/api/v1/system/tools/recipes",
-    "/api/v1/system/tools/recipes/resolve",
     "/api/v1/system/commands/execute",
     "/api/v1/system/commands/runs",
     "/api/v1/system/commands/runs/{runId}",

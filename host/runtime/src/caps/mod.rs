@@ -4,19 +4,35 @@
 //! Each module implements the generated `Host` trait for [`HostState`](crate::state::HostState);
 //! [`crate::linker`] decides which of them a component's linker gets.
 
+pub mod awake;
+pub mod dialog;
 pub mod events;
 pub mod log;
 pub mod network;
+pub mod system;
 
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "capbridge:host/imports",
     // `tracing` routes every call through the host-call recorder (see `crate::recorder`);
     // `trappable` lets a host fault trap instead of being mistaken for a guest-visible error.
-    imports: { default: tracing | trappable },
+    // `async` for the calls that wait on D-Bus, a picker or a child process.
+    imports: {
+        "capbridge:host/awake": async | tracing | trappable,
+        "capbridge:host/dialog": async | tracing | trappable,
+        "capbridge:host/system": async | tracing | trappable,
+        default: tracing | trappable,
+    },
 });
 
 pub use capbridge::host::types::Error as GuestError;
+
+/// The host-wide services behind the capbridge interfaces that keep state across calls.
+#[derive(Clone)]
+pub struct Services {
+    pub awake: awake::AwakeService,
+    pub dialog: dialog::DialogService,
+}
 
 impl capbridge::host::types::Host for crate::state::HostState {}
 

@@ -12,6 +12,7 @@ impl Guest for Probe {
             types::Error::Denied(m) => format!("denied: {m}"),
             types::Error::InvalidArgument(m) => format!("invalid-argument: {m}"),
             types::Error::Unavailable(m) => format!("unavailable: {m}"),
+            other => format!("{other:?}"),
         })
     }
 

@@ -1,0 +1,305 @@
+//! `/api/v1/filesystem/*`: the `filesystem` component's granted directories (targets), reads
+//! and atomic writes inside them, and native pickers that widen access for one session.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use capbridge_runtime::policy::Access;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::capability::call;
+use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::security::SessionId;
+use crate::Shared;
+
+/// The component these routes call.
+pub const COMPONENT: &str = "filesystem";
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/filesystem/targets", get(targets))
+        .route("/api/v1/filesystem/select", post(select))
+        .route("/api/v1/filesystem/read", post(read))
+        .route("/api/v1/filesystem/write", post(write))
+}
+
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetAccess {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl From<Access> for TargetAccess {
+    fn from(access: Access) -> Self {
+        match access {
+            Access::ReadOnly => TargetAccess::ReadOnly,
+            Access::ReadWrite => TargetAccess::ReadWrite,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// Granted by the component's policy file, for every session.
+    Granted,
+    /// Picked by a person in a native picker, for this session only.
+    Picked,
+}
+
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// What requests name it by (`workspace`, `picked-3`).
+    pub name: String,
+    /// Absolute host path.
+    pub path: String,
+    pub access: TargetAccess,
+    pub kind: TargetKind,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Targets {
+    pub targets: Vec<Target>,
+}
+
+/// The directories the `filesystem` component may use for this session: those its policy
+/// grants, then those this session picked.
+#[utoipa::path(get, path = "/api/v1/filesystem/targets", tag = "filesystem",
+    security(("token" = [])),
+    responses((status = 200, body = Targets), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "the filesystem component is not loaded")))]
+pub async fn targets(
+    State(shared): State<Arc<Shared>>,
+    Extension(session): Extension<SessionId>,
+) -> Result<Json<Targets>, ApiError> {
+    let policy = shared
+        .runtime
+        .component(COMPONENT)
+        .and_then(|c| c.policy.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "capability_unavailable",
+                format!("no component `{COMPONENT}` with a valid policy is installed"),
+            )
+        })?;
+    let granted = policy.directories.iter().map(|dir| Target {
+        name: dir.guest.trim_start_matches('/').to_string(),
+        path: dir.host.display().to_string(),
+        access: dir.access.into(),
+        kind: TargetKind::Granted,
+    });
+    let picked = shared
+        .runtime
+        .services()
+        .dialog
+        .picks_of(session.0, COMPONENT)
+        .into_iter()
+        .map(|pick| Target {
+            name: pick.guest_path.trim_start_matches('/').to_string(),
+            path: pick.host_path.display().to_string(),
+            access: pick.access.into(),
+            kind: TargetKind::Picked,
+        });
+    Ok(Json(Targets {
+        targets: granted.chain(picked).collect(),
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SelectRequest {
+    /// Shown as the picker's title.
+    #[serde(default)]
+    pub title: String,
+    /// What the pick grants; `read-only` unless asked.
+    #[serde(default = "read_only")]
+    pub access: TargetAccess,
+}
+
+fn read_only() -> TargetAccess {
+    TargetAccess::ReadOnly
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Selected {
+    /// `null` when the person cancelled.
+    pub selected: Option<Target>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Picked {
+    guest_path: String,
+    host_path: String,
+    access: TargetAccess,
+}
+
+/// Shows a native directory picker; the directory picked becomes a target for this session
+/// only. Without a display: 503 `unavailable`.
+#[utoipa::path(post, path = "/api/v1/filesystem/select", tag = "filesystem",
+    security(("token" = [])), request_body = SelectRequest,
+    responses((status = 200, body = Selected), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "no display, or no picker service")))]
+pub async fn select(
+    State(shared): State<Arc<Shared>>,
+    Extension(session): Extension<SessionId>,
+    ApiJson(request): ApiJson<SelectRequest>,
+) -> Result<Json<Selected>, ApiError> {
+    let picked: Option<Picked> = call(
+        &shared,
+        session,
+        COMPONENT,
+        "select-directory",
+        json!({ "title": request.title, "access": request.access }),
+    )
+    .await?;
+    Ok(Json(Selected {
+        selected: picked.map(|p| Target {
+            name: p.guest_path.trim_start_matches('/').to_string(),
+            path: p.host_path,
+            access: p.access,
+            kind: TargetKind::Picked,
+        }),
+    }))
+}
+
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    /// UTF-8 text.
+    Utf8,
+    /// Standard base64 with padding.
+    Base64,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadRequest {
+    /// A target name from `GET /api/v1/filesystem/targets`.
+    pub target: String,
+    /// Relative to the target: no `..`, not absolute, no NUL, at most 4096 bytes.
+    pub path: String,
+    /// Omitted: `utf8` when the file is valid UTF-8, else `base64`.
+    pub encoding: Option<Encoding>,
+    /// Refuse files larger than this (default 8 MiB, at most 16 MiB).
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileContent {
+    pub target: String,
+    pub path: String,
+    pub size: u64,
+    pub encoding: Encoding,
+    pub content: String,
+    pub modified_ms: Option<u64>,
+}
+
+/// Reads a file inside a target. Publishes `filesystem.read`.
+#[utoipa::path(post, path = "/api/v1/filesystem/read", tag = "filesystem",
+    security(("token" = [])), request_body = ReadRequest,
+    responses((status = 200, body = FileContent),
+        (status = 400, body = ErrorBody, description = "bad path (escapes, NUL, too long, a directory)"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "no such target or file"),
+        (status = 413, body = ErrorBody, description = "the file is larger than maxBytes")))]
+pub async fn read(
+    State(shared): State<Arc<Shared>>,
+    Extension(session): Extension<SessionId>,
+    ApiJson(request): ApiJson<ReadRequest>,
+) -> Result<Json<FileContent>, ApiError> {
+    call(
+        &shared,
+        session,
+        COMPONENT,
+        "read-file",
+        json!({
+            "target": request.target,
+            "path": request.path,
+            "encoding": request.encoding,
+            "max-bytes": request.max_bytes,
+        }),
+    )
+    .await
+    .map(Json)
+}
+
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteMode {
+    /// Only if the file does not exist (409 otherwise).
+    Create,
+    /// Only if the file exists (404 otherwise).
+    Overwrite,
+    /// Either way.
+    CreateOrOverwrite,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WriteRequest {
+    pub target: String,
+    pub path: String,
+    pub content: String,
+    /// How `content` is encoded; `utf8` unless given.
+    pub encoding: Option<Encoding>,
+    /// `create` unless given.
+    pub mode: Option<WriteMode>,
+    /// Create missing parent directories inside the target.
+    #[serde(default)]
+    pub create_parents: bool,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Written {
+    pub target: String,
+    pub path: String,
+    pub size: u64,
+    /// Whether the file did not exist before.
+    pub created: bool,
+}
+
+/// Writes a file inside a read-write target atomically (a temporary file, then a rename): a
+/// reader, or a crash, sees the old file or the new one, never a part. Publishes
+/// `filesystem.written`.
+#[utoipa::path(post, path = "/api/v1/filesystem/write", tag = "filesystem",
+    security(("token" = [])), request_body = WriteRequest,
+    responses((status = 200, body = Written),
+        (status = 400, body = ErrorBody, description = "bad path or content encoding"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "the target is read-only"),
+        (status = 404, body = ErrorBody, description = "no such target; or mode overwrite and no file"),
+        (status = 409, body = ErrorBody, description = "mode create and the file exists"),
+        (status = 413, body = ErrorBody, description = "content too large")))]
+pub async fn write(
+    State(shared): State<Arc<Shared>>,
+    Extension(session): Extension<SessionId>,
+    ApiJson(request): ApiJson<WriteRequest>,
+) -> Result<Json<Written>, ApiError> {
+    call(
+        &shared,
+        session,
+        COMPONENT,
+        "write-file",
+        json!({
+            "target": request.target,
+            "path": request.path,
+            "content": request.content,
+            "encoding": request.encoding.unwrap_or(Encoding::Utf8),
+            "mode": request.mode.unwrap_or(WriteMode::Create),
+            "create-parents": request.create_parents,
+        }),
+    )
+    .await
+    .map(Json)
+}

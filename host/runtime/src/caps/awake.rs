@@ -1,0 +1,277 @@
+//! `capbridge:host/awake`: sleep prevention shared by the whole host.
+//!
+//! Holds are counted per contract session. The first hold takes the system's inhibition through
+//! the `keepawake` crate (on Linux: `org.freedesktop.ScreenSaver.Inhibit` on the D-Bus session
+//! bus); releasing the last one gives it back (`UnInhibit`). A session that ends or expires has
+//! its holds released by [`AwakeService::release_where`]. Every change is published on the event
+//! bus as `awake.acquired` / `awake.released` with source `capbridge`.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::capbridge::host::awake::{AwakeStatus as GuestStatus, Hold as GuestHold, Host};
+use super::events::{Event, EventBus};
+use super::GuestError;
+use crate::state::HostState;
+
+/// Longest reason accepted, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
+/// Most holds at once, over all sessions.
+pub const MAX_HOLDS: usize = 256;
+
+/// One hold on sleep prevention.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Hold {
+    pub id: String,
+    pub reason: String,
+    pub component: String,
+    pub session: Option<u64>,
+    pub acquired_at_ms: u64,
+}
+
+/// Why a hold could not be taken or given back.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AwakeError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<AwakeError> for GuestError {
+    fn from(e: AwakeError) -> Self {
+        match e {
+            AwakeError::InvalidArgument(m) => GuestError::InvalidArgument(m),
+            AwakeError::NotFound(m) => GuestError::NotFound(m),
+            AwakeError::Unavailable(m) => GuestError::Unavailable(m),
+        }
+    }
+}
+
+/// The host's one sleep-prevention state; cheap to clone.
+#[derive(Clone)]
+pub struct AwakeService {
+    inner: Arc<tokio::sync::Mutex<Inner>>,
+    events: EventBus,
+}
+
+struct Inner {
+    next_id: u64,
+    holds: Vec<Hold>,
+    /// The system inhibition, present exactly while `holds` is not empty.
+    lock: Option<keepawake::KeepAwake>,
+}
+
+impl AwakeService {
+    pub fn new(events: EventBus) -> Self {
+        Self {
+            inner: Arc::new(tokio::sync::Mutex::new(Inner {
+                next_id: 1,
+                holds: Vec::new(),
+                lock: None,
+            })),
+            events,
+        }
+    }
+
+    /// Adds a hold for `session`, taking the system inhibition if it is the first.
+    pub async fn acquire(
+        &self,
+        component: &str,
+        session: Option<u64>,
+        reason: &str,
+    ) -> Result<Hold, AwakeError> {
+        let reason = check_reason(reason)?;
+        let mut inner = self.inner.lock().await;
+        if inner.holds.len() >= MAX_HOLDS {
+            return Err(AwakeError::Unavailable(format!(
+                "{MAX_HOLDS} holds are already taken; release one first"
+            )));
+        }
+        if inner.lock.is_none() {
+            let why = reason.clone();
+            let created = tokio::task::spawn_blocking(move || {
+                keepawake::Builder::default()
+                    .display(true)
+                    .reason(why)
+                    .app_name("capbridge")
+                    .app_reverse_domain("dev.capbridge.capbridge")
+                    .create()
+            })
+            .await
+            .map_err(|e| AwakeError::Unavailable(format!("sleep prevention failed: {e}")))?;
+            let lock = created.map_err(|e| {
+                tracing::warn!(target: "capbridge::awake", error = %e, "cannot prevent sleep");
+                AwakeError::Unavailable(format!(
+                    "cannot prevent sleep: {e} (capbridge asks org.freedesktop.ScreenSaver on the \
+                     D-Bus session bus; is a desktop session running?)"
+                ))
+            })?;
+            inner.lock = Some(lock);
+        }
+        let hold = Hold {
+            id: format!("hold-{}", inner.next_id),
+            reason,
+            component: component.to_string(),
+            session,
+            acquired_at_ms: now_ms(),
+        };
+        inner.next_id += 1;
+        inner.holds.push(hold.clone());
+        tracing::info!(target: "capbridge::awake", id = %hold.id, component, ?session, "sleep prevention held");
+        self.publish("awake.acquired", json!({ "hold": hold, "active": true }));
+        Ok(hold)
+    }
+
+    /// Releases hold `id`, which must belong to `session`.
+    pub async fn release(&self, session: Option<u64>, id: &str) -> Result<Hold, AwakeError> {
+        let mut inner = self.inner.lock().await;
+        let index = inner
+            .holds
+            .iter()
+            .position(|h| h.id == id && h.session == session)
+            .ok_or_else(|| {
+                AwakeError::NotFound(format!("this session holds no sleep prevention `{id}`"))
+            })?;
+        let hold = inner.holds.remove(index);
+        let active = self.give_back_if_unused(&mut inner).await;
+        self.publish(
+            "awake.released",
+            json!({ "hold": hold, "active": active, "cause": "released" }),
+        );
+        Ok(hold)
+    }
+
+    /// Releases every hold whose session `ended` says is over; returns how many.
+    pub async fn release_where(&self, ended: impl Fn(u64) -> bool) -> usize {
+        let mut inner = self.inner.lock().await;
+        let (gone, kept): (Vec<Hold>, Vec<Hold>) = std::mem::take(&mut inner.holds)
+            .into_iter()
+            .partition(|h| h.session.is_some_and(&ended));
+        inner.holds = kept;
+        if gone.is_empty() {
+            return 0;
+        }
+        let active = self.give_back_if_unused(&mut inner).await;
+        for hold in &gone {
+            self.publish(
+                "awake.released",
+                json!({ "hold": hold, "active": active, "cause": "session-ended" }),
+            );
+        }
+        gone.len()
+    }
+
+    /// Every hold, oldest first, and whether the system inhibition is held.
+    pub async fn status(&self) -> (bool, Vec<Hold>) {
+        let inner = self.inner.lock().await;
+        (inner.lock.is_some(), inner.holds.clone())
+    }
+
+    /// Gives the inhibition back when no hold remains; returns whether it is still held.
+    async fn give_back_if_unused(&self, inner: &mut Inner) -> bool {
+        if inner.holds.is_empty() {
+            if let Some(lock) = inner.lock.take() {
+                let _ = tokio::task::spawn_blocking(move || give_back(lock)).await;
+            }
+        }
+        inner.lock.is_some()
+    }
+
+    fn publish(&self, topic: &str, payload: serde_json::Value) {
+        self.events.publish(Event {
+            source: crate::runtime::RESERVED_ID.into(),
+            topic: topic.into(),
+            payload,
+        });
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            give_back(lock);
+        }
+    }
+}
+
+/// Drops the inhibition. `keepawake` panics when `UnInhibit` fails (the service went away);
+/// that must not take the host down, so the panic is caught and logged.
+fn give_back(lock: keepawake::KeepAwake) {
+    if std::panic::catch_unwind(AssertUnwindSafe(move || drop(lock))).is_err() {
+        tracing::warn!(target: "capbridge::awake", "giving back sleep prevention failed (the D-Bus service went away)");
+    }
+}
+
+fn check_reason(reason: &str) -> Result<String, AwakeError> {
+    let reason = reason.trim();
+    let chars = reason.chars().count();
+    if chars == 0 || chars > MAX_REASON_CHARS {
+        return Err(AwakeError::InvalidArgument(format!(
+            "reason must be 1 to {MAX_REASON_CHARS} characters (got {chars})"
+        )));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(AwakeError::InvalidArgument(
+            "reason must not contain control characters".into(),
+        ));
+    }
+    Ok(reason.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl From<Hold> for GuestHold {
+    fn from(h: Hold) -> Self {
+        GuestHold {
+            id: h.id,
+            reason: h.reason,
+            component: h.component,
+            session: h.session,
+            acquired_at_ms: h.acquired_at_ms,
+        }
+    }
+}
+
+impl Host for HostState {
+    async fn acquire(&mut self, reason: String) -> wasmtime::Result<Result<GuestHold, GuestError>> {
+        let grants = &self.grants;
+        Ok(grants
+            .services
+            .awake
+            .acquire(&grants.policy.component_id, grants.session, &reason)
+            .await
+            .map(GuestHold::from)
+            .map_err(GuestError::from))
+    }
+
+    async fn release(&mut self, id: String) -> wasmtime::Result<Result<GuestHold, GuestError>> {
+        Ok(self
+            .grants
+            .services
+            .awake
+            .release(self.grants.session, &id)
+            .await
+            .map(GuestHold::from)
+            .map_err(GuestError::from))
+    }
+
+    async fn status(&mut self) -> wasmtime::Result<GuestStatus> {
+        let (active, holds) = self.grants.services.awake.status().await;
+        Ok(GuestStatus {
+            active,
+            holds: holds.into_iter().map(GuestHold::from).collect(),
+        })
+    }
+}

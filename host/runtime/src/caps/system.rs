@@ -1,0 +1,171 @@
+//! `capbridge:host/system`: facts about this machine, and `--version` of granted programs.
+//!
+//! `platform` reads what any local program can (`/etc/os-release`, `uname`, the login shell).
+//! `program-version` starts a host process, so it is scoped twice: the guest path must name a
+//! file directly inside a directory granted to the component, and the file name must be listed
+//! in `grants.system.programs`. The program gets `--version` and nothing else: no stdin, an
+//! empty environment but `PATH`, 3 seconds, and only the first line of what it prints.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt as _;
+
+use super::capbridge::host::system::{Host, PlatformInfo as Platform};
+use super::GuestError;
+use crate::state::HostState;
+
+/// How long a `--version` run may take before it is killed.
+pub const VERSION_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bytes read of each of its output streams.
+const VERSION_OUTPUT_BYTES: u64 = 64 << 10;
+/// Longest line returned, in characters.
+const VERSION_LINE_CHARS: usize = 256;
+
+/// This machine's facts, as `platform` returns them.
+pub fn platform() -> Platform {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |key: &str| {
+        os_release.lines().find_map(|line| {
+            let value = line.strip_prefix(key)?.strip_prefix('=')?;
+            let value = value.trim().trim_matches('"').trim_matches('\'');
+            (!value.is_empty()).then(|| value.to_string())
+        })
+    };
+    let uname = rustix::system::uname();
+    let kernel = uname.release().to_string_lossy().into_owned();
+    Platform {
+        os: std::env::consts::OS.to_string(),
+        os_name: field("NAME"),
+        os_version: field("VERSION_ID").or_else(|| field("VERSION")),
+        arch: std::env::consts::ARCH.to_string(),
+        kernel: (!kernel.is_empty()).then_some(kernel),
+        shell: login_shell(),
+    }
+}
+
+/// `$SHELL`, else the shell in the user's `/etc/passwd` entry.
+fn login_shell() -> Option<String> {
+    if let Some(shell) = std::env::var("SHELL").ok().filter(|s| !s.is_empty()) {
+        return Some(shell);
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() == 7 && fields[2].parse() == Ok(uid) && !fields[6].is_empty())
+            .then(|| fields[6].to_string())
+    })
+}
+
+/// The host file a guest path names, when it lies directly inside a granted directory.
+fn host_program(state: &HostState, guest: &str) -> Result<PathBuf, GuestError> {
+    let policy = &state.grants.policy;
+    let programs = policy
+        .system
+        .as_ref()
+        .map(|s| s.programs.as_slice())
+        .unwrap_or_default();
+    let (dir, name) = guest.rsplit_once('/').ok_or_else(|| {
+        GuestError::InvalidArgument(format!("{guest:?} is not an absolute guest path"))
+    })?;
+    let dir = if dir.is_empty() { "/" } else { dir };
+    if !programs.iter().any(|p| p == name) {
+        tracing::warn!(target: "capbridge::audit", component = %policy.component_id, program = name, "denied: system.program-version");
+        return Err(GuestError::Denied(super::denial(
+            &policy.component_id,
+            &format!("run `{name}`"),
+            &format!("`{name}` in grants.system.programs"),
+            &policy.source,
+        )));
+    }
+    let granted = policy
+        .directories
+        .iter()
+        .find(|d| d.guest == dir)
+        .ok_or_else(|| {
+            GuestError::Denied(super::denial(
+                &policy.component_id,
+                &format!("run a program in {dir:?}"),
+                "that directory",
+                &policy.source,
+            ))
+        })?;
+    Ok(granted.host.join(name))
+}
+
+/// Runs `program --version` and returns its first non-empty line.
+pub async fn program_version(program: &Path) -> Result<String, GuestError> {
+    if !program.is_file() {
+        return Err(GuestError::NotFound(format!(
+            "no program at {}",
+            program.display()
+        )));
+    }
+    let mut child = tokio::process::Command::new(program)
+        .arg("--version")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| GuestError::Unavailable(format!("cannot run {}: {e}", program.display())))?;
+    let (mut stdout, mut stderr) = (
+        child
+            .stdout
+            .take()
+            .expect("piped")
+            .take(VERSION_OUTPUT_BYTES),
+        child
+            .stderr
+            .take()
+            .expect("piped")
+            .take(VERSION_OUTPUT_BYTES),
+    );
+    let run = async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        let _ = child.wait().await;
+        (out, err)
+    };
+    let (out, err) = tokio::time::timeout(VERSION_TIMEOUT, run)
+        .await
+        .map_err(|_| {
+            GuestError::Unavailable(format!(
+                "{} --version did not finish within {VERSION_TIMEOUT:?}",
+                program.display()
+            ))
+        })?;
+    [out, err]
+        .iter()
+        .find_map(|bytes| {
+            String::from_utf8_lossy(bytes)
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(|l| l.chars().take(VERSION_LINE_CHARS).collect::<String>())
+        })
+        .ok_or_else(|| {
+            GuestError::Unavailable(format!("{} --version printed nothing", program.display()))
+        })
+}
+
+impl Host for HostState {
+    async fn platform(&mut self) -> wasmtime::Result<Platform> {
+        Ok(tokio::task::spawn_blocking(platform).await?)
+    }
+
+    async fn program_version(
+        &mut self,
+        path: String,
+    ) -> wasmtime::Result<Result<String, GuestError>> {
+        let program = match host_program(self, &path) {
+            Ok(program) => program,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(program_version(&program).await)
+    }
+}
