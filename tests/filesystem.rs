@@ -452,6 +452,23 @@ async fn create_parents_makes_missing_directories_only_when_asked() {
         std::fs::read_to_string(env.workspace().join("a/b/c.txt")).unwrap(),
         "deep"
     );
+    // `overwrite` of a file that cannot exist: refused before any directory is made.
+    let refused = env
+        .write(json!({
+            "target": "workspace", "path": "x/y/z.txt", "content": "x",
+            "mode": "overwrite", "createParents": true,
+        }))
+        .await;
+    assert_error(&refused, StatusCode::NOT_FOUND, "not_found");
+    assert!(!env.workspace().join("x").exists());
+    // A path naming a directory (trailing `/`) is no file name.
+    for path in ["a/b/", "new-dir/"] {
+        let refused = env
+            .write(json!({ "target": "workspace", "path": path, "content": "x" }))
+            .await;
+        assert_error(&refused, StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    assert!(!env.workspace().join("new-dir").exists());
     env.assert_outside_untouched();
 }
 

@@ -15,7 +15,7 @@ wit_bindgen::generate!({ world: "filesystem", generate_all });
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
@@ -147,6 +147,15 @@ impl Guest for Filesystem {
             .and_then(|n| n.to_str())
             .expect("a file path ends in a UTF-8 name");
 
+        // `overwrite` needs an existing file, so a missing parent means 404 — before any
+        // directory is created, so that a refused write changes nothing.
+        if matches!(mode, WriteMode::Overwrite)
+            && fs::metadata(dir).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+        {
+            return Err(Error::NotFound(format!(
+                "{place} does not exist (use mode `create` or `create-or-overwrite` to create it)"
+            )));
+        }
         if create_parents {
             fs::create_dir_all(dir).map_err(|e| match e.kind() {
                 // A component of the parent path exists and is not a directory — or is a link
@@ -203,6 +212,7 @@ impl Guest for Filesystem {
             _ => {}
         }
 
+        remove_stale_temps(dir, name);
         let (tmp, file) = create_temp(dir, name).map_err(|e| place.io_error(e))?;
         let outcome = write_and_commit(file, &bytes, &tmp, &file_path, mode);
         if outcome.is_err() {
@@ -357,6 +367,9 @@ fn check_path(path: &str) -> Result<Vec<&str>, Error> {
     if path.starts_with('/') {
         return invalid("must be relative to the target");
     }
+    if path.ends_with('/') {
+        return invalid("names a directory (it ends in `/`); name a file");
+    }
     let mut components = Vec::new();
     for component in path.split('/') {
         match component {
@@ -405,17 +418,10 @@ fn decode(content: String, encoding: Encoding) -> Result<Vec<u8>, Error> {
 
 /// Creates `.<name>.capbridge-<random>.tmp` in `dir`, never reusing an existing file.
 fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
-    let mut cut = name.len().min(TEMP_NAME_BYTES);
-    while !name.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let prefix = temp_prefix(name);
     let mut last = None;
     for _ in 0..8 {
-        let tmp = dir.join(format!(
-            ".{}.capbridge-{:016x}.tmp",
-            &name[..cut],
-            random_u64()
-        ));
+        let tmp = dir.join(format!("{prefix}{:016x}.tmp", random_u64()));
         match OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
@@ -423,6 +429,49 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
         }
     }
     Err(last.expect("the loop ran"))
+}
+
+/// `.<name, cut to fit>.capbridge-`: the start of every temporary name for `name`.
+fn temp_prefix(name: &str) -> String {
+    let mut cut = name.len().min(TEMP_NAME_BYTES);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}.capbridge-", &name[..cut])
+}
+
+/// A temporary file older than this was left by a write that never finished (the bridge was
+/// killed, or the call stopped at its deadline).
+const STALE_TEMP: Duration = Duration::from_secs(15 * 60);
+
+/// Removes temporary files of `name` left behind by interrupted writes, so that they do not
+/// pile up (they hold whole file contents). Only old ones: a younger one may be a write in
+/// progress. Best effort.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = temp_prefix(name);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if !(file_name.starts_with(&prefix) && file_name.ends_with(".tmp")) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| {
+                now.duration_since(modified)
+                    .is_ok_and(|age| age > STALE_TEMP)
+            });
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Writes `bytes` to the temporary file, makes them durable, then puts the file in place:

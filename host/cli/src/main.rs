@@ -242,6 +242,10 @@ fn serve(
     port: Option<u16>,
     dev: bool,
 ) -> anyhow::Result<ExitCode> {
+    // Files the bridge and its components create are the user's alone: a component replaces
+    // a file by renaming a new one over it and cannot copy the old mode bits, so a private
+    // file must not come back world-readable.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let mut bridge = BridgeConfig::load_or_create(config_path)?;
     if dev {
         bridge.mode = Mode::Dev;

@@ -662,6 +662,13 @@ async fn new_user_flow() {
         std::fs::read_to_string(workspace.join("notes/hello.txt")).unwrap(),
         content
     );
+    // `serve` runs with umask 077: what it writes is the user's alone.
+    let mode = |path: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&workspace.join("notes/hello.txt")), 0o600);
+    assert_eq!(mode(&workspace.join("notes")), 0o700);
     let (status, read) = server
         .post(
             &token,

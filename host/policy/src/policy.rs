@@ -229,6 +229,14 @@ impl Policy {
                 }
             })
             .collect();
+        if dialog && file.instance == InstanceMode::Persistent {
+            problems.add(
+                "grants.dialog",
+                "cannot be granted to a persistent component: a pick is mounted into the \
+                 instances of the session that made it, and a persistent instance serves every \
+                 session (use instance = \"fresh\")",
+            );
+        }
         let system = system.map(|system| {
             for (i, name) in system.programs.iter().enumerate() {
                 if !is_program_name(name) {
@@ -1028,6 +1036,14 @@ mod tests {
         // An empty table grants the facts, and no program.
         let p = ok("version = 1\n[grants.system]\n");
         assert!(p.system.unwrap().programs.is_empty());
+    }
+
+    #[test]
+    fn pickers_are_not_for_persistent_components() {
+        let message = problem("version = 1\ninstance = \"persistent\"\n[grants]\ndialog = true\n");
+        assert!(message.starts_with("grants.dialog"), "{message}");
+        assert!(message.contains("persistent"), "{message}");
+        ok("version = 1\ninstance = \"persistent\"\n[grants]\nawake = true\n");
     }
 
     #[test]

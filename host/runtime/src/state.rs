@@ -83,10 +83,16 @@ impl HostState {
                 Access::ReadOnly => FsPerms::ReadOnly,
                 Access::ReadWrite => FsPerms::ReadWrite,
             };
-            wasi.preopened_dir(&pick.host_path, &pick.guest_path, perms)
-                .map_err(|e| {
-                    anyhow::anyhow!("opening picked directory {}: {e}", pick.host_path.display())
-                })?;
+            // A picked folder that went away (deleted, unmounted) is left out, not fatal: the
+            // granted directories still work.
+            if let Err(e) = wasi.preopened_dir(&pick.host_path, &pick.guest_path, perms) {
+                tracing::warn!(
+                    target: "capbridge::dialog",
+                    component = %policy.component_id,
+                    path = %pick.host_path.display(),
+                    "picked directory not mounted: {e}"
+                );
+            }
         }
         if let Some(determinism) = determinism {
             let seed = determinism.seed.to_le_bytes().to_vec();

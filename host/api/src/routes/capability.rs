@@ -23,8 +23,10 @@ pub async fn call<T: DeserializeOwned>(
     function: &str,
     args: Value,
 ) -> Result<T, ApiError> {
+    // The component's policy bounds the call (`limits.deadline-ms`): a picker waits for a
+    // person, a tools inventory runs programs.
     let options = CallOptions {
-        deadline: Some(shared.config.command_timeout()),
+        deadline: None,
         record: false,
         session: Some(session.0),
     };
@@ -91,8 +93,10 @@ fn call_error(component: &str, function: &str, error: CallError) -> ApiError {
         CallError::Timeout(_) => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "capability_timeout", message)
         }
-        CallError::InvalidArguments(_) => ApiError::bad_request("invalid_argument", message),
-        CallError::UnknownFunction { .. }
+        // The route builds the arguments: one that does not fit the export is a mismatch
+        // between this bridge and the installed component, not the client's fault.
+        CallError::InvalidArguments(_)
+        | CallError::UnknownFunction { .. }
         | CallError::Unsupported { .. }
         | CallError::Trap(_)
         | CallError::Host(_) => {
@@ -136,7 +140,7 @@ fn camel(key: &str) -> String {
     out
 }
 
-/// How often ended sessions are looked for, to release their holds and picks.
+/// How often ended sessions are looked for, to forget their picks and release their holds.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Releases the sleep-prevention holds and forgets the picks of every session that has ended
@@ -144,8 +148,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn sweep_ended_sessions(shared: &Shared) {
     let services = shared.runtime.services();
     let ended = |session: u64| !shared.sessions.is_live(session);
-    let released = services.awake.release_where(ended).await;
+    // Picks first: releasing holds may wait on D-Bus.
     let forgotten = services.dialog.forget_where(ended);
+    let released = services.awake.release_where(ended).await;
     if released + forgotten > 0 {
         tracing::info!(target: "capbridge::api", released, forgotten, "ended sessions cleaned up");
     }

@@ -89,12 +89,21 @@ pub async fn targets(
                 format!("no component `{COMPONENT}` with a valid policy is installed"),
             )
         })?;
-    let granted = policy.directories.iter().map(|dir| Target {
-        name: dir.guest.trim_start_matches('/').to_string(),
-        path: dir.host.display().to_string(),
-        access: dir.access.into(),
-        kind: TargetKind::Granted,
-    });
+    // A target is one path segment (`/workspace` → `workspace`); a grant mounted deeper is no
+    // target of these routes.
+    let granted = policy
+        .directories
+        .iter()
+        .filter(|dir| {
+            let name = dir.guest.trim_start_matches('/');
+            !name.is_empty() && !name.contains('/')
+        })
+        .map(|dir| Target {
+            name: dir.guest.trim_start_matches('/').to_string(),
+            path: dir.host.display().to_string(),
+            access: dir.access.into(),
+            kind: TargetKind::Granted,
+        });
     let picked = shared
         .runtime
         .services()

@@ -8,7 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::json;
@@ -20,8 +20,10 @@ use crate::state::HostState;
 
 /// Longest reason accepted, in characters.
 pub const MAX_REASON_CHARS: usize = 200;
-/// Most holds at once, over all sessions.
-pub const MAX_HOLDS: usize = 256;
+/// Most holds one session (or the CLI) may have at once.
+pub const MAX_HOLDS_PER_SESSION: usize = 32;
+/// How long the system may take to grant sleep prevention before the hold is refused.
+pub const INHIBIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One hold on sleep prevention.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -90,23 +92,33 @@ impl AwakeService {
     ) -> Result<Hold, AwakeError> {
         let reason = check_reason(reason)?;
         let mut inner = self.inner.lock().await;
-        if inner.holds.len() >= MAX_HOLDS {
+        if inner.holds.iter().filter(|h| h.session == session).count() >= MAX_HOLDS_PER_SESSION {
             return Err(AwakeError::Unavailable(format!(
-                "{MAX_HOLDS} holds are already taken; release one first"
+                "this session already has {MAX_HOLDS_PER_SESSION} holds; release one first"
             )));
         }
         if inner.lock.is_none() {
             let why = reason.clone();
-            let created = tokio::task::spawn_blocking(move || {
+            let create = tokio::task::spawn_blocking(move || {
                 keepawake::Builder::default()
                     .display(true)
                     .reason(why)
                     .app_name("capbridge")
                     .app_reverse_domain("dev.capbridge.capbridge")
                     .create()
-            })
-            .await
-            .map_err(|e| AwakeError::Unavailable(format!("sleep prevention failed: {e}")))?;
+            });
+            // A hung service must not hold every other caller (status, release, the sweeper)
+            // behind this lock; if it answers late, the abandoned inhibition is dropped, which
+            // gives it back.
+            let created = tokio::time::timeout(INHIBIT_TIMEOUT, create)
+                .await
+                .map_err(|_| {
+                    AwakeError::Unavailable(format!(
+                        "cannot prevent sleep: org.freedesktop.ScreenSaver did not answer within \
+                         {INHIBIT_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|e| AwakeError::Unavailable(format!("sleep prevention failed: {e}")))?;
             let lock = created.map_err(|e| {
                 tracing::warn!(target: "capbridge::awake", error = %e, "cannot prevent sleep");
                 AwakeError::Unavailable(format!(

@@ -121,12 +121,21 @@ impl DialogService {
             }
             Picker::Portal { bus } => bus.clone(),
         };
-        let title = if title.is_empty() {
-            "Choose a folder"
-        } else {
-            title
+        // The person must see who asks and what a pick grants; the web app only adds a purpose.
+        let grant = match access {
+            Access::ReadOnly => "read",
+            Access::ReadWrite => "read and change",
         };
-        let Some(uri) = portal_pick_directory(bus.as_deref(), title)
+        let title = if title.is_empty() {
+            format!("{component} asks for a folder it may {grant}")
+        } else {
+            format!("{component} asks for a folder it may {grant}: {title}")
+        };
+        let accept = match access {
+            Access::ReadOnly => "Allow reading",
+            Access::ReadWrite => "Allow reading and changing",
+        };
+        let Some(uri) = portal_pick_directory(bus.as_deref(), &title, accept)
             .await
             .map_err(|e| GuestError::Unavailable(format!("the file picker failed: {e}")))?
         else {
@@ -142,6 +151,17 @@ impl DialogService {
                 GuestError::Unavailable(format!("the picker answered {uri:?}, not a local folder"))
             })?;
         let mut picks = self.picks.lock().expect("picks lock");
+        // Again, under the lock: other picks may have finished while the person chose.
+        let held = picks
+            .all
+            .iter()
+            .filter(|p| p.session == session && p.component == component)
+            .count();
+        if held >= MAX_PICKS_PER_SESSION {
+            return Err(GuestError::Unavailable(format!(
+                "this session already holds {MAX_PICKS_PER_SESSION} picks"
+            )));
+        }
         let id = picks.next_id;
         picks.next_id += 1;
         let pick = Pick {
@@ -190,7 +210,11 @@ impl DialogService {
 }
 
 /// Asks the portal for one directory; `Ok(None)` when the person cancels.
-async fn portal_pick_directory(bus: Option<&str>, title: &str) -> anyhow::Result<Option<String>> {
+async fn portal_pick_directory(
+    bus: Option<&str>,
+    title: &str,
+    accept_label: &str,
+) -> anyhow::Result<Option<String>> {
     let connection = match bus {
         Some(address) => zbus::connection::Builder::address(address)?.build().await?,
         None => zbus::Connection::session().await?,
@@ -227,6 +251,7 @@ async fn portal_pick_directory(bus: Option<&str>, title: &str) -> anyhow::Result
     options.insert("handle_token", Value::from(token.as_str()));
     options.insert("directory", Value::from(true));
     options.insert("modal", Value::from(true));
+    options.insert("accept_label", Value::from(accept_label));
     let _handle: OwnedObjectPath = chooser.call("OpenFile", &("", title, options)).await?;
     let message = responses
         .next()

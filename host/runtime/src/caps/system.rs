@@ -92,6 +92,14 @@ fn host_program(state: &HostState, guest: &str) -> Result<PathBuf, GuestError> {
                 &policy.source,
             ))
         })?;
+    // A program the component could have written itself would be its way out of the sandbox.
+    if granted.access != capbridge_policy::Access::ReadOnly {
+        return Err(GuestError::Denied(format!(
+            "component `{}` may not run programs in {dir:?}: it may write there, and only \
+             programs in read-only granted directories run",
+            policy.component_id
+        )));
+    }
     Ok(granted.host.join(name))
 }
 
@@ -128,10 +136,10 @@ pub async fn program_version(program: &Path) -> Result<String, GuestError> {
     let run = async {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-        let _ = child.wait().await;
-        (out, err)
+        let status = child.wait().await;
+        (out, err, status)
     };
-    let (out, err) = tokio::time::timeout(VERSION_TIMEOUT, run)
+    let (out, err, status) = tokio::time::timeout(VERSION_TIMEOUT, run)
         .await
         .map_err(|_| {
             GuestError::Unavailable(format!(
@@ -139,6 +147,22 @@ pub async fn program_version(program: &Path) -> Result<String, GuestError> {
                 program.display()
             ))
         })?;
+    match status {
+        Ok(status) if status.success() => {}
+        // What a failing program prints is an error message, not a version.
+        Ok(status) => {
+            return Err(GuestError::Unavailable(format!(
+                "{} --version failed ({status})",
+                program.display()
+            )))
+        }
+        Err(e) => {
+            return Err(GuestError::Unavailable(format!(
+                "{} --version: {e}",
+                program.display()
+            )))
+        }
+    }
     [out, err]
         .iter()
         .find_map(|bytes| {
