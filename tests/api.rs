@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use capbridge_api::{BridgeConfig, Mode};
-use capbridge_tests::{echo_fixture, policy, program, Bridge, Fixture};
+use capbridge_tests::{echo_fixture, next_event, policy, program, Bridge, Fixture, Socket};
 use futures_util::StreamExt as _;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
@@ -735,9 +735,6 @@ async fn traps_answer_500_and_deadlines_504() {
     assert_eq!(counter.status(), StatusCode::OK);
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(
     bridge: &Bridge,
     token: &str,
@@ -756,23 +753,6 @@ async fn connect(
     tokio_tungstenite::connect_async(request)
         .await
         .map(|(socket, _)| socket)
-}
-
-/// The next text message as JSON, skipping heartbeats unless `kind` asks for them.
-async fn next_event(socket: &mut Socket, kind: &str) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(30), socket.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {kind} event"))
-            .expect("socket open")
-            .expect("message");
-        if let Message::Text(text) = message {
-            let event: Value = serde_json::from_str(&text).unwrap();
-            if event["type"] == kind {
-                return event;
-            }
-        }
-    }
 }
 
 fn ws_status(error: tokio_tungstenite::tungstenite::Error) -> u16 {

@@ -6,15 +6,15 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use base64::Engine as _;
 use capbridge_api::BridgeConfig;
-use capbridge_tests::{fixture_with, shipped_policy, with_directories, Bridge, DirGrant, Fixture};
-use futures_util::StreamExt as _;
+use capbridge_tests::{
+    assert_error, fixture_with, next_event, shipped_policy, with_directories, Bridge, DirGrant,
+    Fixture,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "X-OSLOOP-BRIDGE-TOKEN";
 /// What the file next to the targets holds; no response may ever contain it.
@@ -198,21 +198,6 @@ fn assert_no_temp_files(dir: &Path) {
             assert_no_temp_files(&entry.path());
         }
     }
-}
-
-/// Checks an error response: its status and code, and that it has a message.
-#[track_caller]
-fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &str) {
-    let (actual, body) = response;
-    assert_eq!(*actual, status, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        !body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty(),
-        "{body}"
-    );
 }
 
 /// Checks a refusal of a hostile request: 403 `denied` or 400 `invalid_argument`, never a
@@ -510,26 +495,6 @@ async fn reads_are_limited_in_size() {
         .await;
     assert_error(&too_large, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
     env.assert_outside_untouched();
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next event of type `kind`, skipping others.
-async fn next_event(socket: &mut Socket, kind: &str) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(30), socket.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {kind} event"))
-            .expect("socket open")
-            .expect("message");
-        if let Message::Text(text) = message {
-            let event: Value = serde_json::from_str(&text).unwrap();
-            if event["type"] == kind {
-                return event;
-            }
-        }
-    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use capbridge_api::BridgeConfig;
 use capbridge_tests::{
-    edit_policy, failure, fixture_with, policy, shipped_policy, Bridge, Fixture,
+    assert_error, edit_policy, failure, fixture_with, policy, shipped_policy, Bridge, Fixture,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -75,20 +75,6 @@ impl Env {
         self.post("/api/v1/system/tools/locate", json!({ "names": names }))
             .await
     }
-}
-
-#[track_caller]
-fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &str) {
-    let (actual, body) = response;
-    assert_eq!(*actual, status, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        !body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty(),
-        "{body}"
-    );
 }
 
 /// The shipped system policy after `edit`.

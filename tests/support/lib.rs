@@ -253,3 +253,46 @@ pub fn with_directories(text: &str, directories: &[DirGrant]) -> String {
         grants.insert("directories".into(), toml::Value::Array(list));
     })
 }
+
+/// Checks an error response: its status and code, and that it has a message.
+#[track_caller]
+pub fn assert_error(
+    response: &(reqwest::StatusCode, serde_json::Value),
+    status: reqwest::StatusCode,
+    code: &str,
+) {
+    let (actual, body) = response;
+    assert_eq!(*actual, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        !body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{body}"
+    );
+}
+
+/// A client of the event WebSocket.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next event of type `kind` (heartbeats included, when asked for), skipping others;
+/// panics after 30 s without one.
+pub async fn next_event(socket: &mut Socket, kind: &str) -> serde_json::Value {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} event"))
+            .expect("socket open")
+            .expect("message");
+        if let Message::Text(text) = message {
+            let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+}
