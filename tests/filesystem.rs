@@ -894,6 +894,15 @@ async fn select_needs_a_display() {
         let message = unavailable.1["error"]["message"].as_str().unwrap();
         assert!(message.contains("display"), "{message}");
     }
+    // Single files cannot be picked: said plainly, before any picker is involved.
+    let refused = env
+        .post("/api/v1/filesystem/select", json!({ "kind": "file" }))
+        .await;
+    assert_error(&refused, StatusCode::NOT_IMPLEMENTED, "not_supported");
+    let refused = env
+        .post("/api/v1/filesystem/select", json!({ "kind": "socket" }))
+        .await;
+    assert_eq!(refused.0, StatusCode::BAD_REQUEST, "{}", refused.1);
     let (status, body) = env.get("/api/v1/filesystem/targets").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["targets"].as_array().unwrap().len(), 2, "{body}");

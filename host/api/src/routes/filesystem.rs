@@ -121,10 +121,22 @@ pub async fn targets(
     }))
 }
 
+#[derive(Deserialize, ToSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PickKind {
+    #[default]
+    Directory,
+    /// Not supported: answers 501 `not_supported` (pick the folder that holds the file).
+    File,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SelectRequest {
-    /// Shown as the picker's title.
+    /// What to pick; `directory` unless given (`file` is not supported yet).
+    #[serde(default)]
+    pub kind: PickKind,
+    /// Appended to the picker's title, which names the component and the access asked for.
     #[serde(default)]
     pub title: String,
     /// What the pick grants; `read-only` unless asked.
@@ -156,12 +168,22 @@ struct Picked {
     security(("token" = [])), request_body = SelectRequest,
     responses((status = 200, body = Selected), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 501, body = ErrorBody, description = "kind `file`: not supported"),
         (status = 503, body = ErrorBody, description = "no display, or no picker service")))]
 pub async fn select(
     State(shared): State<Arc<Shared>>,
     Extension(session): Extension<SessionId>,
     ApiJson(request): ApiJson<SelectRequest>,
 ) -> Result<Json<Selected>, ApiError> {
+    if request.kind == PickKind::File {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_IMPLEMENTED,
+            "not_supported",
+            "picking a single file is not supported: a pick is mounted into the sandbox as a \
+             directory, and mounting the file's folder would grant its siblings too",
+        )
+        .with_hint("pick the folder that holds the file (kind \"directory\")"));
+    }
     let picked: Option<Picked> = call(
         &shared,
         session,
