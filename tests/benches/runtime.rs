@@ -44,6 +44,19 @@ fn native_noop() {
 fn main() {
     let fx = Fixture::new();
     fx.add("echo", &component("echo"), Some(&shipped_policy("echo")));
+    // The filesystem component over a temporary workspace holding a 4 KiB file.
+    let workspace = tempfile::tempdir().unwrap();
+    let page = workspace.path().join("page.txt");
+    std::fs::write(&page, "capbridge ".repeat(410)).unwrap();
+    let filesystem_policy = shipped_policy("filesystem").replace(
+        "\"~/capbridge\"",
+        &format!("{:?}", workspace.path().display().to_string()),
+    );
+    fx.add(
+        "filesystem",
+        &component("filesystem"),
+        Some(&filesystem_policy),
+    );
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -78,6 +91,34 @@ fn main() {
         samples
     });
     let fresh = stats(fresh);
+
+    // Reading a 4 KiB file: natively, then through the sandboxed component (fresh instance,
+    // preopened directory, WASI reads, JSON result, an event).
+    let native_reads = stats(
+        (0..iterations)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(std::fs::read_to_string(black_box(&page)).unwrap());
+                t.elapsed()
+            })
+            .collect(),
+    );
+    let read_args =
+        json!({"target": "workspace", "path": "page.txt", "encoding": null, "max-bytes": null});
+    let component_reads: Vec<Duration> = tokio.block_on(async {
+        let mut samples = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = Instant::now();
+            let outcome = runtime
+                .call("filesystem", "read-file", &read_args, &options)
+                .await
+                .unwrap();
+            black_box(outcome);
+            samples.push(t.elapsed());
+        }
+        samples
+    });
+    let component_reads = stats(component_reads);
 
     let loads: Vec<Duration> = (0..50)
         .map(|_| {
@@ -123,4 +164,14 @@ fn main() {
     report("load one component from the compile cache", &loads);
     println!("{:<44} (target ≤ 5ms)", "");
     report("JSON ⇄ WIT round trip, nested record", &round_trips);
+    report("native read of a 4 KiB file", &native_reads);
+    report(
+        "filesystem.read-file of it (fresh instance)",
+        &component_reads,
+    );
+    println!(
+        "{:<44} p50 {:>10.2?}",
+        "  added over native",
+        component_reads.p50.saturating_sub(native_reads.p50)
+    );
 }
