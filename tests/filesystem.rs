@@ -894,11 +894,11 @@ async fn select_needs_a_display() {
         let message = unavailable.1["error"]["message"].as_str().unwrap();
         assert!(message.contains("display"), "{message}");
     }
-    // Single files cannot be picked: said plainly, before any picker is involved.
+    // A file picker needs a display too.
     let refused = env
         .post("/api/v1/filesystem/select", json!({ "kind": "file" }))
         .await;
-    assert_error(&refused, StatusCode::NOT_IMPLEMENTED, "not_supported");
+    assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     let refused = env
         .post("/api/v1/filesystem/select", json!({ "kind": "socket" }))
         .await;

@@ -60,37 +60,12 @@ impl Guest for Filesystem {
             }
             Some(n) => n,
         };
-        let file_path = resolve(&target, &path)?;
         let place = Place::new(&target, &path);
-
-        let meta = fs::metadata(&file_path).map_err(|e| place.io_error(e))?;
-        if meta.is_dir() {
-            return Err(Error::InvalidArgument(format!("{place} is a directory")));
-        }
-        if !meta.is_file() {
-            return Err(Error::InvalidArgument(format!(
-                "{place} is not a regular file"
-            )));
-        }
-        if meta.len() > max {
-            return Err(too_large(&place, meta.len(), max));
-        }
-        let modified_ms = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-
-        let file = File::open(&file_path).map_err(|e| place.io_error(e))?;
-        // The file may have grown since the stat: never read more than the limit allows.
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(max + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| place.io_error(e))?;
+        let (bytes, modified_ms) = match picked_file(&target, &path)? {
+            Some(id) => (dialog::read_picked(&id, max)?, None),
+            None => read_in_target(&target, &path, &place, max)?,
+        };
         let size = bytes.len() as u64;
-        if size > max {
-            return Err(too_large(&place, size, max));
-        }
 
         let (encoding, content) = match encoding {
             Some(Encoding::Base64) => (Encoding::Base64, BASE64.encode(&bytes)),
@@ -135,6 +110,17 @@ impl Guest for Filesystem {
         mode: WriteMode,
         create_parents: bool,
     ) -> Result<Written, Error> {
+        if let Some(id) = picked_file(&target, &path)? {
+            if matches!(mode, WriteMode::Create) {
+                return Err(Error::Conflict(format!(
+                    "picked file `{target}` exists (use mode `overwrite` or \
+                     `create-or-overwrite` to replace it)"
+                )));
+            }
+            let bytes = decode(content, encoding)?;
+            dialog::write_picked(&id, &bytes)?;
+            return Ok(announce_written(target, path, bytes.len() as u64, false));
+        }
         let file_path = resolve(&target, &path)?;
         let place = Place::new(&target, &path);
         let bytes = decode(content, encoding)?;
@@ -230,41 +216,95 @@ impl Guest for Filesystem {
             WriteMode::Overwrite => false,
             WriteMode::CreateOrOverwrite => !existed,
         };
-        publish(
-            "filesystem.written",
-            &format!(
-                "{{\"target\":{},\"path\":{},\"size\":{size},\"created\":{created}}}",
-                json_string(&target),
-                json_string(&path)
-            ),
-        );
-        Ok(Written {
-            target,
-            path,
-            size,
-            created,
-        })
+        Ok(announce_written(target, path, size, created))
     }
 
     fn select_directory(title: String, access: Access) -> Result<Option<Picked>, Error> {
-        let picked = dialog::pick_directory(&title, access)?;
-        if let Some(p) = &picked {
-            let target = p.guest_path.trim_start_matches('/');
-            let access = match p.access {
-                Access::ReadOnly => "read-only",
-                Access::ReadWrite => "read-write",
-            };
-            publish(
-                "filesystem.selected",
-                &format!(
-                    "{{\"target\":{},\"path\":{},\"access\":\"{access}\"}}",
-                    json_string(target),
-                    json_string(&p.host_path)
-                ),
-            );
-        }
-        Ok(picked)
+        announce_selected(dialog::pick_directory(&title, access)?)
     }
+
+    fn select_file(title: String, access: Access) -> Result<Option<Picked>, Error> {
+        announce_selected(dialog::pick_file(&title, access)?)
+    }
+}
+
+/// Publishes `filesystem.written` and returns the answer.
+fn announce_written(target: String, path: String, size: u64, created: bool) -> Written {
+    publish(
+        "filesystem.written",
+        &format!(
+            "{{\"target\":{},\"path\":{},\"size\":{size},\"created\":{created}}}",
+            json_string(&target),
+            json_string(&path)
+        ),
+    );
+    Written {
+        target,
+        path,
+        size,
+        created,
+    }
+}
+
+/// Publishes `filesystem.selected` for what was picked, if anything.
+fn announce_selected(picked: Option<Picked>) -> Result<Option<Picked>, Error> {
+    if let Some(p) = &picked {
+        let target = format!("picked-{}", p.id);
+        let access = match p.access {
+            Access::ReadOnly => "read-only",
+            Access::ReadWrite => "read-write",
+        };
+        publish(
+            "filesystem.selected",
+            &format!(
+                "{{\"target\":{},\"path\":{},\"access\":\"{access}\"}}",
+                json_string(&target),
+                json_string(&p.host_path)
+            ),
+        );
+    }
+    Ok(picked)
+}
+
+/// Reads the file at `path` in directory target `target`, at most `max` bytes; its bytes and
+/// modification time.
+fn read_in_target(
+    target: &str,
+    path: &str,
+    place: &Place,
+    max: u64,
+) -> Result<(Vec<u8>, Option<u64>), Error> {
+    let file_path = resolve(target, path)?;
+
+    let meta = fs::metadata(&file_path).map_err(|e| place.io_error(e))?;
+    if meta.is_dir() {
+        return Err(Error::InvalidArgument(format!("{place} is a directory")));
+    }
+    if !meta.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{place} is not a regular file"
+        )));
+    }
+    if meta.len() > max {
+        return Err(too_large(place, meta.len(), max));
+    }
+    let modified_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+
+    let file = File::open(&file_path).map_err(|e| place.io_error(e))?;
+    // The file may have grown since the stat: never read more than the limit allows.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| place.io_error(e))?;
+    let size = bytes.len() as u64;
+    if size > max {
+        return Err(too_large(place, size, max));
+    }
+    Ok((bytes, modified_ms))
 }
 
 /// Where an operation happens, for messages: `` `notes/a.txt` in `workspace` ``.
@@ -323,6 +363,29 @@ fn resolve(target: &str, path: &str) -> Result<PathBuf, Error> {
         }
     }
     Ok(components.iter().fold(dir, |p, c| p.join(c)))
+}
+
+/// The pick id when `target` is a file the person picked (`picked-<id>`): its only path is
+/// the file itself, written as an empty path (or its own name).
+fn picked_file(target: &str, path: &str) -> Result<Option<String>, Error> {
+    let Some(id) = target.strip_prefix("picked-") else {
+        return Ok(None);
+    };
+    let Some(pick) = dialog::picks()
+        .into_iter()
+        .find(|p| p.id == id && matches!(p.kind, dialog::PickKind::File))
+    else {
+        return Ok(None);
+    };
+    let name = pick.host_path.rsplit('/').next().unwrap_or_default();
+    if path.is_empty() || path == "." || path == name {
+        Ok(Some(pick.id))
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "`{target}` is a picked file, not a directory: read and write it with an empty \
+             `path` (nothing next to it is reachable)"
+        )))
+    }
 }
 
 /// A target is one path segment of `[A-Za-z0-9._-]`, not `.` or `..`.

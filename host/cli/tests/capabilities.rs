@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::BufRead as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1127,6 +1128,95 @@ async fn select_through_portal() {
     assert_eq!(portal.calls().len(), 2);
     let (_, targets) = server.get(&mine, "/api/v1/filesystem/targets").await;
     assert_eq!(targets["targets"].as_array().unwrap().len(), 2, "{targets}");
+
+    // A single file: that file, and nothing next to it.
+    let document = places.path().join("document.txt");
+    std::fs::write(&document, "first draft").unwrap();
+    std::fs::set_permissions(&document, std::fs::Permissions::from_mode(0o640)).unwrap();
+    portal.answer(Answer::Pick(document.clone()));
+    let (status, selected) = server
+        .post(
+            &mine,
+            "/api/v1/filesystem/select",
+            json!({"kind": "file", "access": "read-write"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{selected}");
+    let selected = &selected["selected"];
+    assert_eq!(selected["kind"], "picked-file", "{selected}");
+    assert_eq!(
+        selected["path"],
+        document.canonicalize().unwrap().display().to_string()
+    );
+    assert!(!portal.calls()[2].directory, "a file picker was asked for");
+    let file = selected["name"].as_str().unwrap().to_string();
+    let (status, read) = server
+        .post(
+            &mine,
+            "/api/v1/filesystem/read",
+            json!({"target": file, "path": ""}),
+        )
+        .await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["content"], "first draft");
+    let (status, written) = server
+        .post(
+            &mine,
+            "/api/v1/filesystem/write",
+            json!({"target": file, "path": "", "content": "second draft", "mode": "overwrite"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{written}");
+    assert_eq!(std::fs::read_to_string(&document).unwrap(), "second draft");
+    let mode = std::fs::metadata(&document).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the replaced file keeps its permissions");
+    let (status, refused) = server
+        .post(
+            &mine,
+            "/api/v1/filesystem/write",
+            json!({"target": file, "path": "", "content": "x"}),
+        )
+        .await;
+    assert_eq!((status, code(&refused)), (409, "conflict"), "{refused}");
+    for path in ["../sibling/secret.txt", "other.txt", "document.txt/x"] {
+        let (status, refused) = server
+            .post(
+                &mine,
+                "/api/v1/filesystem/read",
+                json!({"target": file, "path": path}),
+            )
+            .await;
+        assert_eq!(
+            (status, code(&refused)),
+            (400, "invalid_argument"),
+            "{path}: {refused}"
+        );
+    }
+    let (status, refused) = server
+        .post(
+            &other,
+            "/api/v1/filesystem/read",
+            json!({"target": file, "path": "document.txt"}),
+        )
+        .await;
+    assert_eq!((status, code(&refused)), (404, "not_found"), "{refused}");
+    // Picked read-only: readable, not writable.
+    portal.answer(Answer::Pick(document.clone()));
+    let (_, selected) = server
+        .post(&mine, "/api/v1/filesystem/select", json!({"kind": "file"}))
+        .await;
+    let read_only = selected["selected"]["name"].as_str().unwrap().to_string();
+    assert_eq!(selected["selected"]["access"], "read-only");
+    let (status, refused) = server
+        .post(
+            &mine,
+            "/api/v1/filesystem/write",
+            json!({"target": read_only, "path": "", "content": "x", "mode": "overwrite"}),
+        )
+        .await;
+    assert_eq!((status, code(&refused)), (403, "denied"), "{refused}");
+    assert_eq!(std::fs::read_to_string(&document).unwrap(), "second draft");
+    let calls_before_headless = portal.calls().len();
     drop(server);
 
     // Headless: no display, so no picker, even with a portal on the bus.
@@ -1145,7 +1235,11 @@ async fn select_through_portal() {
         .await;
     assert_eq!((status, code(&refused)), (503, "unavailable"), "{refused}");
     assert!(message(&refused).contains("display"), "{refused}");
-    assert_eq!(portal.calls().len(), 2, "the portal was not asked");
+    assert_eq!(
+        portal.calls().len(),
+        calls_before_headless,
+        "the portal was not asked"
+    );
 }
 
 /// Starts `POST /api/v1/filesystem/write` of a pre-encoded JSON body in a task of its own;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use capbridge_runtime::caps::dialog::PickKind;
 use capbridge_runtime::policy::Access;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -48,8 +49,11 @@ impl From<Access> for TargetAccess {
 pub enum TargetKind {
     /// Granted by the component's policy file, for every session.
     Granted,
-    /// Picked by a person in a native picker, for this session only.
+    /// A directory picked by a person in a native picker, for this session only.
     Picked,
+    /// A single file picked by a person, for this session only: read and write it with an
+    /// empty `path` (or its file name); nothing next to it is reachable.
+    PickedFile,
 }
 
 #[derive(Serialize, Deserialize, ToSchema, Debug)]
@@ -111,10 +115,13 @@ pub async fn targets(
         .picks_of(session.0, COMPONENT)
         .into_iter()
         .map(|pick| Target {
-            name: pick.guest_path.trim_start_matches('/').to_string(),
+            name: format!("picked-{}", pick.id),
             path: pick.host_path.display().to_string(),
             access: pick.access.into(),
-            kind: TargetKind::Picked,
+            kind: match pick.kind {
+                PickKind::Directory => TargetKind::Picked,
+                PickKind::File => TargetKind::PickedFile,
+            },
         });
     Ok(Json(Targets {
         targets: granted.chain(picked).collect(),
@@ -123,19 +130,18 @@ pub async fn targets(
 
 #[derive(Deserialize, ToSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub enum PickKind {
+pub enum SelectKind {
     #[default]
     Directory,
-    /// Not supported: answers 501 `not_supported` (pick the folder that holds the file).
     File,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SelectRequest {
-    /// What to pick; `directory` unless given (`file` is not supported yet).
+    /// What to pick; `directory` unless given.
     #[serde(default)]
-    pub kind: PickKind,
+    pub kind: SelectKind,
     /// Appended to the picker's title, which names the component and the access asked for.
     #[serde(default)]
     pub title: String,
@@ -157,47 +163,46 @@ pub struct Selected {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Picked {
-    guest_path: String,
+    id: String,
+    kind: String,
     host_path: String,
     access: TargetAccess,
 }
 
-/// Shows a native directory picker; the directory picked becomes a target for this session
-/// only. Without a display: 503 `unavailable`.
+/// Shows a native directory (or file) picker; what is picked becomes a target for this
+/// session only. Without a display: 503 `unavailable`.
 #[utoipa::path(post, path = "/api/v1/filesystem/select", tag = "filesystem",
     security(("token" = [])), request_body = SelectRequest,
     responses((status = 200, body = Selected), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 501, body = ErrorBody, description = "kind `file`: not supported"),
         (status = 503, body = ErrorBody, description = "no display, or no picker service")))]
 pub async fn select(
     State(shared): State<Arc<Shared>>,
     Extension(session): Extension<SessionId>,
     ApiJson(request): ApiJson<SelectRequest>,
 ) -> Result<Json<Selected>, ApiError> {
-    if request.kind == PickKind::File {
-        return Err(ApiError::new(
-            axum::http::StatusCode::NOT_IMPLEMENTED,
-            "not_supported",
-            "picking a single file is not supported: a pick is mounted into the sandbox as a \
-             directory, and mounting the file's folder would grant its siblings too",
-        )
-        .with_hint("pick the folder that holds the file (kind \"directory\")"));
-    }
+    let export = match request.kind {
+        SelectKind::Directory => "select-directory",
+        SelectKind::File => "select-file",
+    };
     let picked: Option<Picked> = call(
         &shared,
         session,
         COMPONENT,
-        "select-directory",
+        export,
         json!({ "title": request.title, "access": request.access }),
     )
     .await?;
     Ok(Json(Selected {
         selected: picked.map(|p| Target {
-            name: p.guest_path.trim_start_matches('/').to_string(),
+            name: format!("picked-{}", p.id),
             path: p.host_path,
             access: p.access,
-            kind: TargetKind::Picked,
+            kind: if p.kind == "file" {
+                TargetKind::PickedFile
+            } else {
+                TargetKind::Picked
+            },
         }),
     }))
 }

@@ -20,7 +20,7 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
-use super::capbridge::host::dialog::{Host, Picked as GuestPicked};
+use super::capbridge::host::dialog::{Host, PickKind as GuestPickKind, Picked as GuestPicked};
 use super::capbridge::host::types::Access as GuestAccess;
 use super::GuestError;
 use crate::state::HostState;
@@ -50,17 +50,30 @@ impl Picker {
     }
 }
 
-/// One directory a person picked, and who may use it.
+/// What a picker picks.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PickKind {
+    Directory,
+    File,
+}
+
+/// One directory or file a person picked, and who may use it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Pick {
     pub id: u64,
+    pub kind: PickKind,
     pub session: u64,
     pub component: String,
     pub host_path: PathBuf,
+    /// `/picked-<id>` for a directory; empty for a file (not mounted).
     pub guest_path: String,
     pub access: Access,
 }
+
+/// Largest picked file `write-picked` accepts (the filesystem capability's write limit).
+pub const MAX_PICKED_WRITE_BYTES: usize = 16 << 20;
 
 /// The host's picker and every pick made through it; cheap to clone.
 #[derive(Clone)]
@@ -86,9 +99,10 @@ impl DialogService {
         }
     }
 
-    /// Shows a directory picker for `component` in `session`; `Ok(None)` when cancelled.
-    pub async fn pick_directory(
+    /// Shows a picker of `kind` for `component` in `session`; `Ok(None)` when cancelled.
+    pub async fn pick(
         &self,
+        kind: PickKind,
         component: &str,
         session: Option<u64>,
         title: &str,
@@ -126,16 +140,20 @@ impl DialogService {
             Access::ReadOnly => "read",
             Access::ReadWrite => "read and change",
         };
+        let what = match kind {
+            PickKind::Directory => "folder",
+            PickKind::File => "file",
+        };
         let title = if title.is_empty() {
-            format!("{component} asks for a folder it may {grant}")
+            format!("{component} asks for a {what} it may {grant}")
         } else {
-            format!("{component} asks for a folder it may {grant}: {title}")
+            format!("{component} asks for a {what} it may {grant}: {title}")
         };
         let accept = match access {
             Access::ReadOnly => "Allow reading",
             Access::ReadWrite => "Allow reading and changing",
         };
-        let Some(uri) = portal_pick_directory(bus.as_deref(), &title, accept)
+        let Some(uri) = portal_pick(bus.as_deref(), kind, &title, accept)
             .await
             .map_err(|e| GuestError::Unavailable(format!("the file picker failed: {e}")))?
         else {
@@ -146,9 +164,12 @@ impl DialogService {
             .filter(|u| u.scheme() == "file")
             .and_then(|u| u.to_file_path().ok())
             .and_then(|p| p.canonicalize().ok())
-            .filter(|p| p.is_dir())
+            .filter(|p| match kind {
+                PickKind::Directory => p.is_dir(),
+                PickKind::File => p.is_file(),
+            })
             .ok_or_else(|| {
-                GuestError::Unavailable(format!("the picker answered {uri:?}, not a local folder"))
+                GuestError::Unavailable(format!("the picker answered {uri:?}, not a local {what}"))
             })?;
         let mut picks = self.picks.lock().expect("picks lock");
         // Again, under the lock: other picks may have finished while the person chose.
@@ -166,10 +187,14 @@ impl DialogService {
         picks.next_id += 1;
         let pick = Pick {
             id,
+            kind,
             session,
             component: component.to_string(),
             host_path,
-            guest_path: format!("/picked-{id}"),
+            guest_path: match kind {
+                PickKind::Directory => format!("/picked-{id}"),
+                PickKind::File => String::new(),
+            },
             access,
         };
         tracing::info!(
@@ -178,7 +203,7 @@ impl DialogService {
             session,
             path = %pick.host_path.display(),
             ?access,
-            "granted: picked directory for this session"
+            "granted: picked {what} for this session"
         );
         picks.all.push(pick.clone());
         Ok(Some(pick))
@@ -197,7 +222,100 @@ impl DialogService {
 
     /// The directories to preopen for a call of `component` on behalf of `session`.
     pub fn preopens(&self, session: Option<u64>, component: &str) -> Vec<Pick> {
-        session.map_or_else(Vec::new, |s| self.picks_of(s, component))
+        let mut picks = session.map_or_else(Vec::new, |s| self.picks_of(s, component));
+        picks.retain(|p| p.kind == PickKind::Directory);
+        picks
+    }
+
+    /// Picked file `id`, if `component` picked it in `session`.
+    fn picked_file(
+        &self,
+        session: Option<u64>,
+        component: &str,
+        id: &str,
+    ) -> Result<Pick, GuestError> {
+        session
+            .and_then(|s| {
+                self.picks_of(s, component)
+                    .into_iter()
+                    .find(|p| p.kind == PickKind::File && p.id.to_string() == id)
+            })
+            .ok_or_else(|| GuestError::NotFound(format!("this session picked no file `{id}`")))
+    }
+
+    /// The content of picked file `id`, at most `max_bytes`.
+    pub async fn read_picked(
+        &self,
+        session: Option<u64>,
+        component: &str,
+        id: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, GuestError> {
+        let pick = self.picked_file(session, component, id)?;
+        let path = pick.host_path.clone();
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Result<Vec<u8>, u64>> {
+            use std::io::Read as _;
+            let file = std::fs::File::open(&path)?;
+            let mut bytes = Vec::new();
+            file.take(max_bytes.saturating_add(1))
+                .read_to_end(&mut bytes)?;
+            Ok(if bytes.len() as u64 > max_bytes {
+                Err(bytes.len() as u64)
+            } else {
+                Ok(bytes)
+            })
+        })
+        .await
+        .map_err(|e| GuestError::Unavailable(e.to_string()))?;
+        match read {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(_)) => Err(GuestError::TooLarge(format!(
+                "picked file `{id}` is larger than {max_bytes} bytes"
+            ))),
+            Err(e) => Err(io_error(&pick, e)),
+        }
+    }
+
+    /// Replaces picked file `id` atomically, keeping its permissions.
+    pub async fn write_picked(
+        &self,
+        session: Option<u64>,
+        component: &str,
+        id: &str,
+        content: Vec<u8>,
+    ) -> Result<(), GuestError> {
+        let pick = self.picked_file(session, component, id)?;
+        if pick.access != Access::ReadWrite {
+            return Err(GuestError::Denied(format!(
+                "picked file `{id}` was granted read-only"
+            )));
+        }
+        if content.len() > MAX_PICKED_WRITE_BYTES {
+            return Err(GuestError::TooLarge(format!(
+                "{} bytes; at most {MAX_PICKED_WRITE_BYTES} are written",
+                content.len()
+            )));
+        }
+        let path = pick.host_path.clone();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+            let permissions = std::fs::metadata(&path)?.permissions();
+            let mut temp = tempfile::Builder::new()
+                .prefix(".capbridge-")
+                .suffix(".tmp")
+                .tempfile_in(dir)?;
+            temp.write_all(&content)?;
+            temp.as_file().sync_all()?;
+            temp.as_file().set_permissions(permissions)?;
+            temp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| GuestError::Unavailable(e.to_string()))?;
+        written.map_err(|e| io_error(&pick, e))?;
+        tracing::info!(target: "capbridge::audit", component, path = %pick.host_path.display(), "picked file written");
+        Ok(())
     }
 
     /// Forgets the picks of every session `ended` says is over; returns how many.
@@ -209,9 +327,19 @@ impl DialogService {
     }
 }
 
-/// Asks the portal for one directory; `Ok(None)` when the person cancels.
-async fn portal_pick_directory(
+fn io_error(pick: &Pick, e: std::io::Error) -> GuestError {
+    let message = format!("picked file {}: {e}", pick.host_path.display());
+    match e.kind() {
+        std::io::ErrorKind::NotFound => GuestError::NotFound(message),
+        std::io::ErrorKind::PermissionDenied => GuestError::Denied(message),
+        _ => GuestError::Unavailable(message),
+    }
+}
+
+/// Asks the portal for one directory or file; `Ok(None)` when the person cancels.
+async fn portal_pick(
     bus: Option<&str>,
+    kind: PickKind,
     title: &str,
     accept_label: &str,
 ) -> anyhow::Result<Option<String>> {
@@ -249,7 +377,7 @@ async fn portal_pick_directory(
     .await?;
     let mut options: HashMap<&str, Value<'_>> = HashMap::new();
     options.insert("handle_token", Value::from(token.as_str()));
-    options.insert("directory", Value::from(true));
+    options.insert("directory", Value::from(kind == PickKind::Directory));
     options.insert("modal", Value::from(true));
     options.insert("accept_label", Value::from(accept_label));
     let _handle: OwnedObjectPath = chooser.call("OpenFile", &("", title, options)).await?;
@@ -275,6 +403,10 @@ impl From<Pick> for GuestPicked {
     fn from(p: Pick) -> Self {
         GuestPicked {
             id: p.id.to_string(),
+            kind: match p.kind {
+                PickKind::Directory => GuestPickKind::Directory,
+                PickKind::File => GuestPickKind::File,
+            },
             host_path: p.host_path.display().to_string(),
             guest_path: p.guest_path,
             access: access_to_guest(p.access),
@@ -289,9 +421,10 @@ pub(crate) fn access_to_guest(access: Access) -> GuestAccess {
     }
 }
 
-impl Host for HostState {
-    async fn pick_directory(
+impl HostState {
+    async fn pick(
         &mut self,
+        kind: PickKind,
         title: String,
         access: GuestAccess,
     ) -> wasmtime::Result<Result<Option<GuestPicked>, GuestError>> {
@@ -303,19 +436,74 @@ impl Host for HostState {
         Ok(grants
             .services
             .dialog
-            .pick_directory(&grants.policy.component_id, grants.session, &title, access)
+            .pick(
+                kind,
+                &grants.policy.component_id,
+                grants.session,
+                &title,
+                access,
+            )
             .await
             .map(|pick| pick.map(GuestPicked::from)))
+    }
+}
+
+impl Host for HostState {
+    async fn pick_directory(
+        &mut self,
+        title: String,
+        access: GuestAccess,
+    ) -> wasmtime::Result<Result<Option<GuestPicked>, GuestError>> {
+        self.pick(PickKind::Directory, title, access).await
+    }
+
+    async fn pick_file(
+        &mut self,
+        title: String,
+        access: GuestAccess,
+    ) -> wasmtime::Result<Result<Option<GuestPicked>, GuestError>> {
+        self.pick(PickKind::File, title, access).await
     }
 
     async fn picks(&mut self) -> wasmtime::Result<Vec<GuestPicked>> {
         let grants = &self.grants;
         Ok(grants
-            .services
-            .dialog
-            .preopens(grants.session, &grants.policy.component_id)
+            .session
+            .map(|s| {
+                grants
+                    .services
+                    .dialog
+                    .picks_of(s, &grants.policy.component_id)
+            })
+            .unwrap_or_default()
             .into_iter()
             .map(GuestPicked::from)
             .collect())
+    }
+
+    async fn read_picked(
+        &mut self,
+        id: String,
+        max_bytes: u64,
+    ) -> wasmtime::Result<Result<Vec<u8>, GuestError>> {
+        let grants = &self.grants;
+        Ok(grants
+            .services
+            .dialog
+            .read_picked(grants.session, &grants.policy.component_id, &id, max_bytes)
+            .await)
+    }
+
+    async fn write_picked(
+        &mut self,
+        id: String,
+        content: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), GuestError>> {
+        let grants = &self.grants;
+        Ok(grants
+            .services
+            .dialog
+            .write_picked(grants.session, &grants.policy.component_id, &id, content)
+            .await)
     }
 }
