@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 const APP: &str = "http://127.0.0.1:5173";
 const OTHER_APP: &str = "https://app.example";
-const TOKEN: &str = "X-OSLOOP-BRIDGE-TOKEN";
+use capbridge_tests::TOKEN_HEADER as TOKEN;
 
 fn config() -> BridgeConfig {
     BridgeConfig {
@@ -75,16 +75,7 @@ async fn refresh(bridge: &Bridge, token: &str) -> reqwest::Response {
 
 /// `GET path` with the session header, its JSON body.
 async fn get_json(bridge: &Bridge, path: &str, token: &str) -> Value {
-    bridge
-        .client
-        .get(bridge.url(path))
-        .header(TOKEN, token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    bridge.get_as(token, path).await.json().await.unwrap()
 }
 
 async fn invoke(bridge: &Bridge, token: &str, name: &str, body: Value) -> reqwest::Response {

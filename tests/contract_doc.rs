@@ -15,7 +15,9 @@ use std::fmt::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use capbridge_tests::{component, echo_fixture, root, shipped_policy, Bridge};
+use capbridge_tests::{
+    component, echo_fixture, filesystem_policy_at, root, shipped_policy, Bridge,
+};
 use serde_json::Value;
 
 /// The doc's first example; the test replaces it with the test server's address.
@@ -171,21 +173,13 @@ async fn shell_examples_in_the_contract_print_what_the_doc_shows() {
         "the doc's first ```sh block must set `{BRIDGE_LINE}`"
     );
 
-    // The shipped components and policies, the workspace target in a temporary home.
+    // The shipped components and policies, the workspace target in a temporary directory.
     let fixture = echo_fixture();
-    let home = tempfile::tempdir().expect("temp home");
-    let filesystem_policy = shipped_policy("filesystem").replace(
-        "\"~/capbridge\"",
-        &format!("{:?}", home.path().join("capbridge").display().to_string()),
-    );
-    assert!(
-        filesystem_policy != shipped_policy("filesystem"),
-        "policy/filesystem.toml no longer grants \"~/capbridge\"; update this test"
-    );
+    let workspace = tempfile::tempdir().expect("temp workspace");
     fixture.add(
         "filesystem",
         &component("filesystem"),
-        Some(&filesystem_policy),
+        Some(&filesystem_policy_at(workspace.path())),
     );
     for id in ["awake", "system"] {
         fixture.add(id, &component(id), Some(&shipped_policy(id)));

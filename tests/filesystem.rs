@@ -16,7 +16,7 @@ use capbridge_tests::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const TOKEN: &str = "X-OSLOOP-BRIDGE-TOKEN";
+use capbridge_tests::TOKEN_HEADER as TOKEN;
 /// What the file next to the targets holds; no response may ever contain it.
 const SECRET: &str = "secret-next-to-the-target-5c1e0d";
 /// What the file in the directory next to the targets holds.
@@ -104,28 +104,13 @@ impl Env {
     }
 
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .bridge
-            .client
-            .post(self.bridge.url(path))
-            .header(TOKEN, &self.token)
-            .json(&body)
-            .send()
+        self.record(self.bridge.post_as(&self.token, path, &body).await)
             .await
-            .unwrap();
-        self.record(response).await
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .bridge
-            .client
-            .get(self.bridge.url(path))
-            .header(TOKEN, &self.token)
-            .send()
+        self.record(self.bridge.get_as(&self.token, path).await)
             .await
-            .unwrap();
-        self.record(response).await
     }
 
     async fn read(&self, body: Value) -> (StatusCode, Value) {
@@ -977,24 +962,17 @@ async fn without_the_component_the_routes_are_unavailable() {
     let fixture = Fixture::new();
     let bridge = Bridge::start(fixture.runtime(), BridgeConfig::default()).await;
     let token = bridge.token().await;
-    let response = bridge
-        .client
-        .get(bridge.url("/api/v1/filesystem/targets"))
-        .header(TOKEN, &token)
-        .send()
-        .await
-        .unwrap();
+    let response = bridge.get_as(&token, "/api/v1/filesystem/targets").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "capability_unavailable");
     let response = bridge
-        .client
-        .post(bridge.url("/api/v1/filesystem/read"))
-        .header(TOKEN, &token)
-        .json(&json!({ "target": "workspace", "path": "f.txt" }))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &token,
+            "/api/v1/filesystem/read",
+            &json!({ "target": "workspace", "path": "f.txt" }),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "capability_unavailable");

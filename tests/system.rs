@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 
 use capbridge_api::BridgeConfig;
 use capbridge_tests::{
-    assert_error, edit_policy, failure, fixture_with, policy, shipped_policy, Bridge, Fixture,
+    assert_error, edit_policy, failure, fixture_with, policy, shipped_policy, status_and_json,
+    Bridge, Fixture,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-const TOKEN: &str = "X-OSLOOP-BRIDGE-TOKEN";
 
 /// A bridge serving one component with `policy`, and a session token.
 struct Env {
@@ -40,28 +39,11 @@ impl Env {
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .bridge
-            .client
-            .get(self.bridge.url(path))
-            .header(TOKEN, &self.token)
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json().await.unwrap())
+        status_and_json(self.bridge.get_as(&self.token, path).await).await
     }
 
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .bridge
-            .client
-            .post(self.bridge.url(path))
-            .header(TOKEN, &self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json().await.unwrap())
+        status_and_json(self.bridge.post_as(&self.token, path, &body).await).await
     }
 
     /// `GET path`, which must answer 200.
@@ -726,13 +708,7 @@ async fn every_system_and_awake_route_needs_a_session() {
     }
     // With a session the same routes answer.
     let token = bridge.token().await;
-    let response = bridge
-        .client
-        .get(bridge.url("/api/v1/awake/status"))
-        .header(TOKEN, &token)
-        .send()
-        .await
-        .unwrap();
+    let response = bridge.get_as(&token, "/api/v1/awake/status").await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 

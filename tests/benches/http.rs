@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::routing::post;
 use axum::{Json, Router};
 use capbridge_api::{BridgeConfig, ServeOptions, Server, Shared};
-use capbridge_tests::{component, echo_fixture, shipped_policy};
+use capbridge_tests::{component, echo_fixture, filesystem_policy_at, shipped_policy};
 use serde_json::{json, Value};
 
 const DURATION: &str = "10s";
@@ -86,14 +86,10 @@ fn main() {
     let workspace = tempfile::tempdir().unwrap();
     let file = workspace.path().join("page.txt");
     std::fs::write(&file, "capbridge ".repeat(410)).unwrap();
-    let filesystem_policy = shipped_policy("filesystem").replace(
-        "\"~/capbridge\"",
-        &format!("{:?}", workspace.path().display().to_string()),
-    );
     fixture.add(
         "filesystem",
         &component("filesystem"),
-        Some(&filesystem_policy),
+        Some(&filesystem_policy_at(workspace.path())),
     );
     fixture.add(
         "system",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use capbridge_runtime::values::{json_to_val, val_to_json};
 use capbridge_runtime::CallOptions;
-use capbridge_tests::{component, shipped_policy, Fixture};
+use capbridge_tests::{component, filesystem_policy_at, shipped_policy, Fixture};
 use serde_json::json;
 
 struct Stats {
@@ -48,14 +48,10 @@ fn main() {
     let workspace = tempfile::tempdir().unwrap();
     let page = workspace.path().join("page.txt");
     std::fs::write(&page, "capbridge ".repeat(410)).unwrap();
-    let filesystem_policy = shipped_policy("filesystem").replace(
-        "\"~/capbridge\"",
-        &format!("{:?}", workspace.path().display().to_string()),
-    );
     fx.add(
         "filesystem",
         &component("filesystem"),
-        Some(&filesystem_policy),
+        Some(&filesystem_policy_at(workspace.path())),
     );
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()

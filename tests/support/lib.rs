@@ -199,6 +199,58 @@ impl Bridge {
             .expect("handshake body");
         body["sessionToken"].as_str().expect("token").to_string()
     }
+
+    /// `GET path` with the session token in its header.
+    pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header(TOKEN_HEADER, token)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// `POST path` of JSON `body` with the session token in its header.
+    pub async fn post_as(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header(TOKEN_HEADER, token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+}
+
+/// The header that carries the session token on HTTP routes.
+pub const TOKEN_HEADER: &str = "X-OSLOOP-BRIDGE-TOKEN";
+
+/// The status and JSON body of a response.
+pub async fn status_and_json(
+    response: reqwest::Response,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    (
+        response.status(),
+        response.json().await.expect("a JSON body"),
+    )
+}
+
+/// The shipped filesystem policy with its one directory grant moved to `dir` (as `workspace`,
+/// read-write): the shipped component as a user gets it, in a test's own directory.
+pub fn filesystem_policy_at(dir: &Path) -> String {
+    with_directories(
+        &shipped_policy("filesystem"),
+        &[DirGrant {
+            host: dir,
+            guest: "/workspace",
+            access: "read-write",
+        }],
+    )
 }
 
 /// A fixture holding the shipped echo component and its shipped policy.

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use capbridge_tests::{component, root, shipped_policy, TOKEN_HEADER as TOKEN};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value as DbusValue};
@@ -24,33 +25,7 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value as DbusValue};
 /// How long anything may take before a test gives up (generous: a first start compiles, and
 /// this machine may be busy building).
 const PATIENCE: Duration = Duration::from_secs(180);
-/// The header that carries the session token.
-const TOKEN: &str = "X-OSLOOP-BRIDGE-TOKEN";
 const MIB: usize = 1024 * 1024;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
-
-/// A first-party component as `cargo xtask build` installs it.
-fn shipped_wasm(id: &str) -> PathBuf {
-    let path = root().join("components").join(format!("{id}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is not built: run `cargo xtask build` first",
-        path.display()
-    );
-    path
-}
-
-/// The repository's policy for a first-party component.
-fn shipped_policy(id: &str) -> String {
-    let path = root().join("policy").join(format!("{id}.toml"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// A person's installation, all in one temporary directory: a home directory, the components
 /// and their policies, a compile cache and the bridge's config file.
@@ -68,7 +43,7 @@ impl Install {
         let install = Self { dir };
         for id in ids {
             std::fs::copy(
-                shipped_wasm(id),
+                component(id),
                 install.components().join(format!("{id}.wasm")),
             )
             .expect("copy component");

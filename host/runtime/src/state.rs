@@ -83,7 +83,12 @@ impl HostState {
                 })?;
         }
         // What a person picked for this session, and only for it.
-        for pick in services.dialog.preopens(session, &policy.component_id) {
+        let picks = if policy.dialog {
+            services.dialog.preopens(session, &policy.component_id)
+        } else {
+            Vec::new()
+        };
+        for pick in picks {
             let perms = match pick.access {
                 Access::ReadOnly => FsPerms::ReadOnly,
                 Access::ReadWrite => FsPerms::ReadWrite,

@@ -67,6 +67,21 @@ pub struct Target {
     pub kind: TargetKind,
 }
 
+impl Target {
+    /// A pick as a target: `picked-<id>`, for this session only.
+    fn picked(id: &str, path: String, access: TargetAccess, kind: PickKind) -> Self {
+        Target {
+            name: format!("picked-{id}"),
+            path,
+            access,
+            kind: match kind {
+                PickKind::Directory => TargetKind::Picked,
+                PickKind::File => TargetKind::PickedFile,
+            },
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Targets {
     pub targets: Vec<Target>,
@@ -114,14 +129,13 @@ pub async fn targets(
         .dialog
         .picks_of(session.0, COMPONENT)
         .into_iter()
-        .map(|pick| Target {
-            name: format!("picked-{}", pick.id),
-            path: pick.host_path.display().to_string(),
-            access: pick.access.into(),
-            kind: match pick.kind {
-                PickKind::Directory => TargetKind::Picked,
-                PickKind::File => TargetKind::PickedFile,
-            },
+        .map(|pick| {
+            Target::picked(
+                &pick.id.to_string(),
+                pick.host_path.display().to_string(),
+                pick.access.into(),
+                pick.kind,
+            )
         });
     Ok(Json(Targets {
         targets: granted.chain(picked).collect(),
@@ -164,7 +178,7 @@ pub struct Selected {
 #[serde(rename_all = "camelCase")]
 struct Picked {
     id: String,
-    kind: String,
+    kind: PickKind,
     host_path: String,
     access: TargetAccess,
 }
@@ -194,16 +208,7 @@ pub async fn select(
     )
     .await?;
     Ok(Json(Selected {
-        selected: picked.map(|p| Target {
-            name: format!("picked-{}", p.id),
-            path: p.host_path,
-            access: p.access,
-            kind: if p.kind == "file" {
-                TargetKind::PickedFile
-            } else {
-                TargetKind::Picked
-            },
-        }),
+        selected: picked.map(|p| Target::picked(&p.id, p.host_path, p.access, p.kind)),
     }))
 }
 

@@ -51,7 +51,7 @@ impl Picker {
 }
 
 /// What a picker picks.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum PickKind {
     Directory,
