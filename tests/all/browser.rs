@@ -38,6 +38,7 @@ const REBOUND_HOST: &str = "rebind.test";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_page_on_an_allowed_origin_handshakes_calls_and_receives_events() {
+    let _chromium = crate::chromium_running().await;
     let mut pages = PageServer::start().await;
     let origin = format!("http://127.0.0.1:{}", pages.port);
     let (_fixture, bridge) = bridge_allowing(&origin).await;
@@ -118,6 +119,7 @@ async fn a_page_on_an_allowed_origin_handshakes_calls_and_receives_events() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_page_on_a_disallowed_origin_gets_no_token_no_data_and_no_socket() {
+    let _chromium = crate::chromium_running().await;
     let mut pages = PageServer::start().await;
     let hostile = format!("http://127.0.0.1:{}", pages.port);
     // The bridge allows the very same server under another name: origins match exactly, never
@@ -159,6 +161,7 @@ async fn a_page_on_a_disallowed_origin_gets_no_token_no_data_and_no_socket() {
 /// bridge, byte for byte, exactly what the bridge would receive once the name is rebound.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dns_rebinding_page_gets_no_token_no_data_and_no_socket() {
+    let _chromium = crate::chromium_running().await;
     let mut pages = PageServer::start().await;
     let (_fixture, bridge) = bridge_allowing(&format!("http://127.0.0.1:{}", pages.port)).await;
     let port = bridge.server.addr().port();
@@ -213,6 +216,7 @@ async fn a_dns_rebinding_page_gets_no_token_no_data_and_no_socket() {
 /// its health.
 #[tokio::test(flavor = "multi_thread")]
 async fn navigating_to_the_bridge_under_a_rebound_name_is_refused() {
+    let _chromium = crate::chromium_running().await;
     let pages = PageServer::start().await;
     let (_fixture, bridge) = bridge_allowing(&format!("http://127.0.0.1:{}", pages.port)).await;
     let before = Before::take(&bridge);

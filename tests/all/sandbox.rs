@@ -496,6 +496,8 @@ async fn only_granted_environment_variables_are_visible() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_is_stopped_at_its_deadline_while_other_calls_are_served() {
+    // Echo must be served within the loop's 1.5 s deadline: no Chromium starting meanwhile.
+    let _alone = crate::without_chromium().await;
     let fx = Fixture::new();
     fx.add(
         "probe",
@@ -812,7 +814,7 @@ fn every_probe_export_has_a_host_test() {
             let uses = source.matches(&quoted).count();
             assert!(
                 uses >= 1,
-                "{name} exports `{}` but no test in tests/sandbox.rs or tests/invoke.rs calls it",
+                "{name} exports `{}` but no test in tests/all/sandbox.rs or tests/all/invoke.rs calls it",
                 export.name
             );
         }

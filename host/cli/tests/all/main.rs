@@ -1,0 +1,5 @@
+//! The `capbridge` binary's tests, in one test binary (as wasmtime's `tests/all`): both modules
+//! run the real `capbridge` binary (`CARGO_BIN_EXE_capbridge`) as a child process.
+
+mod capabilities;
+mod cli;
