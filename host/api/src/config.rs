@@ -29,15 +29,24 @@ pub struct BridgeConfig {
     /// How long a session token lives; `POST /api/v1/session/refresh` extends it.
     #[serde(default = "default_session_ttl")]
     pub session_ttl_seconds: u64,
-    /// Longest a request (other than a command invocation or the event socket) may take.
+    /// Longest a request (other than a command invocation or the event socket) may take; on
+    /// every route, also the longest its body may take to arrive after its headers.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: u64,
+    /// Longest a client may take to send a request's whole header block, counted from when the
+    /// bridge starts waiting for it (a new connection, or a kept-alive one after its previous
+    /// answer); past it the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
     /// Default deadline of a command invocation when the request names none (policies may cut it).
     #[serde(default = "default_command_timeout")]
     pub command_timeout_ms: u64,
     /// Largest request body.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Most connections open at once, event sockets included; more wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Interval of `bridge.heartbeat` events on the event socket.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval_ms: u64,
@@ -68,12 +77,18 @@ fn default_session_ttl() -> u64 {
 fn default_request_timeout() -> u64 {
     30_000
 }
+fn default_header_timeout() -> u64 {
+    10_000
+}
 fn default_command_timeout() -> u64 {
     30_000
 }
 fn default_max_body() -> usize {
     // A 16 MiB file written as base64 (the filesystem capability's limit) fits.
     32 << 20
+}
+fn default_max_connections() -> usize {
+    256
 }
 fn default_heartbeat() -> u64 {
     15_000
@@ -147,6 +162,7 @@ impl BridgeConfig {
         for (key, value) in [
             ("heartbeat-interval-ms", self.heartbeat_interval_ms),
             ("request-timeout-ms", self.request_timeout_ms),
+            ("header-timeout-ms", self.header_timeout_ms),
             ("command-timeout-ms", self.command_timeout_ms),
         ] {
             anyhow::ensure!(value > 0, "{key} must be more than 0");
@@ -154,6 +170,10 @@ impl BridgeConfig {
         anyhow::ensure!(
             self.max_body_bytes >= 1024,
             "max-body-bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "max-connections must be more than 0"
         );
         Ok(())
     }
@@ -176,6 +196,9 @@ impl BridgeConfig {
     }
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
     }
     pub fn command_timeout(&self) -> Duration {
         Duration::from_millis(self.command_timeout_ms)
@@ -277,6 +300,8 @@ mod tests {
             "prot = 1",
             "port = 0",
             "request-timeout-ms = 0",
+            "header-timeout-ms = 0",
+            "max-connections = 0",
             "command-timeout-ms = 0",
             "heartbeat-interval-ms = 0",
             "session-ttl-seconds = 0",

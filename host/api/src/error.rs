@@ -1,6 +1,7 @@
 //! One error format for the whole API: `{"error": {"code", "message", "hint"?, "details"?}}`.
 //!
-//! Handlers return [`ApiError`]; [`ApiJson`] turns body problems into it; [`uniform_errors`]
+//! Handlers return [`ApiError`]; [`ApiJson`] turns body problems into it (a body that outlives
+//! its deadline, see [`crate::listener`], into `408 request_timeout`); [`uniform_errors`]
 //! rewrites any error response produced below it in another format (axum's 405, tower-http's
 //! 413 and 408) so that a client parses one shape for every failure.
 
@@ -12,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::listener::BodyTimeout;
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -124,6 +127,8 @@ where
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     too_large()
+                } else if caused_by::<BodyTimeout>(&rejection) {
+                    request_timeout()
                 } else {
                     ApiError::bad_request("invalid_body", rejection.body_text())
                 }
@@ -150,12 +155,32 @@ where
     }
 }
 
-fn too_large() -> ApiError {
+pub(crate) fn too_large() -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
         "the request body is larger than this bridge accepts",
     )
+}
+
+pub(crate) fn request_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request did not complete within the bridge's request timeout",
+    )
+}
+
+/// Whether `error` or anything in its chain of sources is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Rewrites error responses that are not already in the API's JSON format, keeping their status,
@@ -186,11 +211,7 @@ pub async fn uniform_errors(request: Request, next: Next) -> Response {
             "method_not_allowed",
             "this route does not take that method (the Allow header lists those it takes)",
         ),
-        StatusCode::REQUEST_TIMEOUT => ApiError::new(
-            status,
-            "request_timeout",
-            "the request did not complete within the bridge's request timeout",
-        ),
+        StatusCode::REQUEST_TIMEOUT => request_timeout(),
         _ => ApiError::new(
             status,
             "request_failed",

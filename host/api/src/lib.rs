@@ -7,10 +7,13 @@
 pub mod config;
 pub mod connlog;
 pub mod error;
+mod listener;
 pub mod openapi;
 mod routes;
 pub mod security;
 pub mod session;
+#[cfg(test)]
+mod testing;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -148,14 +151,9 @@ impl Server {
                 }
             }
         });
-        let mut stop = shared.shutdown.subscribe();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let bounds = listener::Bounds::new(&shared.config);
+        let stop = shared.shutdown.subscribe();
+        let task = tokio::spawn(listener::serve(listener, app, bounds, stop));
         Ok(Self { shared, addr, task })
     }
 
@@ -235,6 +233,7 @@ fn router(shared: Arc<Shared>, extra: Option<Router<Arc<Shared>>>) -> Router {
         .merge(untimed)
         .fallback(routes::unknown_route)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(from_fn_with_state(shared.clone(), listener::bound_body))
         .layer(security::cors(&shared.origins))
         .layer(from_fn_with_state(
             shared.clone(),
