@@ -698,6 +698,143 @@ async fn symbolic_links_do_not_lead_out_of_a_target() {
     env.assert_outside_untouched();
 }
 
+/// A replacing write (`overwrite`, `create-or-overwrite`) to a path that is a symbolic link
+/// replaces the link itself with a regular file: the new file is renamed over the entry, so the
+/// file the link pointed to keeps its content, whether it is in the same target or outside it.
+/// No write ever goes through a link (docs/contract.md, "Symbolic links").
+#[tokio::test]
+async fn replacing_a_symbolic_link_replaces_the_link_never_the_file_it_points_to() {
+    use std::os::unix::fs::symlink;
+    let env = Env::start().await;
+    let ws = env.workspace();
+    let root = env.root.path();
+    std::fs::create_dir(ws.join("real")).unwrap();
+    std::fs::write(ws.join("real/inside.txt"), "inside").unwrap();
+    let links = [
+        ("to-inside.txt", PathBuf::from("real/inside.txt")),
+        ("to-outside.txt", PathBuf::from("../secret.txt")),
+        ("to-outside-abs.txt", root.join("secret.txt")),
+    ];
+    for mode in ["overwrite", "create-or-overwrite"] {
+        for (link, points_to) in &links {
+            let _ = std::fs::remove_file(ws.join(link));
+            symlink(points_to, ws.join(link)).unwrap();
+        }
+        // The link inside the target is followed for reading.
+        let (status, body) = env
+            .read(json!({ "target": "workspace", "path": "to-inside.txt" }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["content"], "inside");
+
+        for (link, _) in &links {
+            // `create` finds the name taken, and changes nothing.
+            let conflict = env
+                .write(json!({ "target": "workspace", "path": link, "content": "new" }))
+                .await;
+            assert_error(&conflict, StatusCode::CONFLICT, "conflict");
+            assert!(std::fs::symlink_metadata(ws.join(link))
+                .unwrap()
+                .file_type()
+                .is_symlink());
+
+            let (status, body) = env
+                .write(json!({ "target": "workspace", "path": link,
+                               "content": format!("new {link}"), "mode": mode }))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{mode} {link}: {body}");
+            assert_eq!(body["created"], false, "{mode} {link}: {body}");
+            let meta = std::fs::symlink_metadata(ws.join(link)).unwrap();
+            assert!(meta.is_file(), "{mode}: {link} is still a link");
+            assert_eq!(
+                std::fs::read_to_string(ws.join(link)).unwrap(),
+                format!("new {link}")
+            );
+        }
+        // The files the links pointed to are unchanged, inside the target and outside.
+        assert_eq!(
+            std::fs::read_to_string(ws.join("real/inside.txt")).unwrap(),
+            "inside"
+        );
+        let (status, body) = env
+            .read(json!({ "target": "workspace", "path": "real/inside.txt" }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["content"], "inside");
+        let (status, body) = env
+            .read(json!({ "target": "workspace", "path": "to-inside.txt" }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["content"], "new to-inside.txt");
+        assert_eq!(names(&ws.join("real")), set(&["inside.txt"]));
+        assert_eq!(
+            names(&ws),
+            set(&[
+                "real",
+                "to-inside.txt",
+                "to-outside.txt",
+                "to-outside-abs.txt"
+            ])
+        );
+        env.assert_outside_untouched();
+    }
+}
+
+/// An I/O error inside the component is reported by its WASI error name, never by the number
+/// std formats it with (`os error 63`), which is a WASI errno and means something else on the
+/// host.
+#[tokio::test]
+async fn io_errors_are_named_not_numbered() {
+    use std::os::unix::fs::symlink;
+    let env = Env::start().await;
+    let ws = env.workspace();
+    std::fs::write(ws.join("file.txt"), "a file").unwrap();
+    symlink("../secret.txt", ws.join("leak.txt")).unwrap();
+    symlink("loop-b", ws.join("loop-a")).unwrap();
+    symlink("loop-a", ws.join("loop-b")).unwrap();
+    let cases = [
+        (
+            "write into the read-only target",
+            env.write(json!({ "target": "docs", "path": "new.txt", "content": "x" }))
+                .await,
+            StatusCode::FORBIDDEN,
+            "denied",
+            "`not-permitted`",
+        ),
+        (
+            "read through a link out of the target",
+            env.read(json!({ "target": "workspace", "path": "leak.txt" }))
+                .await,
+            StatusCode::FORBIDDEN,
+            "denied",
+            "`not-permitted`",
+        ),
+        (
+            "read a loop of links",
+            env.read(json!({ "target": "workspace", "path": "loop-a" }))
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "`loop`",
+        ),
+        (
+            "read below a file",
+            env.read(json!({ "target": "workspace", "path": "file.txt/x" }))
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "`not-directory`",
+        ),
+    ];
+    for (what, response, status, code, name) in cases {
+        assert_error(&response, status, code);
+        let message = response.1["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("os error"), "{what}: {message}");
+        assert!(message.contains(name), "{what}: {message}");
+    }
+    env.assert_outside_untouched();
+}
+
 #[tokio::test]
 async fn nul_bytes_and_overlong_paths_are_refused() {
     let env = Env::start().await;

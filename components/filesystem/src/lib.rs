@@ -174,7 +174,9 @@ impl Guest for Filesystem {
             }
         }
 
-        // The entry itself, not what a symbolic link points to: the rename replaces the entry.
+        // The entry itself, not what a symbolic link points to: the rename replaces the entry,
+        // so a link is replaced, never written through (deliberately: docs/contract.md,
+        // "Symbolic links are replaced, never written through").
         let existed = match fs::symlink_metadata(&file_path) {
             Ok(m) if m.is_dir() => {
                 return Err(Error::InvalidArgument(format!("{place} is a directory")))
@@ -320,7 +322,7 @@ impl<'a> Place<'a> {
 
     /// The error value for an I/O error at this place.
     fn io_error(&self, e: io::Error) -> Error {
-        let text = format!("{self}: {e}");
+        let text = format!("{self}: {}", describe_io_error(&e));
         match e.kind() {
             io::ErrorKind::NotFound => Error::NotFound(text),
             io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
@@ -336,6 +338,66 @@ impl<'a> Place<'a> {
             _ => Error::Unavailable(text),
         }
     }
+}
+
+/// An I/O error in words, named by its WASI `error-code` (`` operation not permitted (WASI
+/// error `not-permitted`) ``). std would write `Operation not permitted (os error 63)`: the
+/// number is a WASI errno, which means something else on the host (63 is `ENOSR` on Linux), so
+/// it is never shown.
+fn describe_io_error(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(errno) => match wasi_error_code(errno) {
+            Some((name, words)) => format!("{words} (WASI error `{name}`)"),
+            None => e.kind().to_string(),
+        },
+        // Not from the system (std's own errors, such as a short write): no number in it.
+        None => e.to_string(),
+    }
+}
+
+/// The `wasi:filesystem/types.error-code` name and a description for a WASI errno (the numbers
+/// wasi-libc, and so std on wasm32-wasip2, gives those error codes).
+fn wasi_error_code(errno: i32) -> Option<(&'static str, &'static str)> {
+    Some(match errno {
+        2 => ("access", "permission denied"),
+        6 => ("would-block", "the operation would block"),
+        7 => ("already", "already in progress"),
+        8 => ("bad-descriptor", "bad file descriptor"),
+        10 => ("busy", "the file or directory is busy"),
+        16 => ("deadlock", "a deadlock would occur"),
+        19 => ("quota", "the disk quota is exceeded"),
+        20 => ("exist", "it already exists"),
+        22 => ("file-too-large", "the file is too large"),
+        25 => ("illegal-byte-sequence", "illegal byte sequence"),
+        26 => ("in-progress", "the operation is in progress"),
+        27 => ("interrupted", "interrupted"),
+        28 => ("invalid", "invalid argument"),
+        29 => ("io", "input/output error"),
+        31 => ("is-directory", "it is a directory"),
+        WASI_ELOOP => ("loop", "too many levels of symbolic links"),
+        34 => ("too-many-links", "too many links"),
+        35 => ("message-size", "message too large"),
+        37 => ("name-too-long", "the name is too long"),
+        43 => ("no-device", "no such device"),
+        44 => ("no-entry", "no such file or directory"),
+        46 => ("no-lock", "no locks available"),
+        48 => ("insufficient-memory", "not enough memory"),
+        51 => ("insufficient-space", "no space left on the device"),
+        54 => ("not-directory", "a part of the path is not a directory"),
+        55 => ("not-empty", "the directory is not empty"),
+        56 => ("not-recoverable", "state not recoverable"),
+        58 => ("unsupported", "not supported"),
+        59 => ("no-tty", "not a terminal"),
+        60 => ("no-such-device", "no such device or address"),
+        61 => ("overflow", "value too large"),
+        63 => ("not-permitted", "operation not permitted"),
+        64 => ("pipe", "broken pipe"),
+        69 => ("read-only", "read-only filesystem"),
+        70 => ("invalid-seek", "invalid seek"),
+        74 => ("text-file-busy", "text file busy"),
+        75 => ("cross-device", "cross-device link"),
+        _ => return None,
+    })
 }
 
 impl std::fmt::Display for Place<'_> {

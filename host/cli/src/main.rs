@@ -411,10 +411,55 @@ fn grants_summary(policy: &Policy) -> Vec<String> {
     grants
 }
 
+/// A load failure's reason as lines to show. The runtime refuses a component with one sentence
+/// per refused import, joined with `; ` (`` component `x` imports `i`, which … ``), so a
+/// component importing seven `wasi:sockets/*` interfaces would repeat the same sentence seven
+/// times: here imports refused for the same reason share one line, in the order they came. A
+/// reason of any other shape is one line, as it is.
+fn reason_lines(id: &str, reason: &str) -> Vec<String> {
+    let prefix = format!("component `{id}` imports `");
+    let Some(rest) = reason.strip_prefix(&prefix) else {
+        return vec![reason.to_string()];
+    };
+    // Split on the whole prefix, not on `; ` alone: a reason may itself contain `; `.
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for problem in rest.split(&format!("; {prefix}")) {
+        let Some((import, why)) = problem.split_once("`, which ") else {
+            return vec![reason.to_string()];
+        };
+        match groups.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, imports)) => imports.push(import),
+            None => groups.push((why, vec![import])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(why, imports)| {
+            let list: Vec<String> = imports.iter().map(|i| format!("`{i}`")).collect();
+            let count = match imports.len() {
+                1 => String::new(),
+                n => format!(" ({n} interfaces)"),
+            };
+            format!(
+                "component `{id}` imports {}{count}, which {why}",
+                list.join(", ")
+            )
+        })
+        .collect()
+}
+
 fn print_component(info: &ComponentInfo) {
     match &info.status {
         ComponentStatus::Loaded => println!("{}  loaded", info.id),
-        ComponentStatus::Failed { reason } => println!("{}  NOT LOADED: {reason}", info.id),
+        ComponentStatus::Failed { reason } => match &reason_lines(&info.id, reason)[..] {
+            [line] => println!("{}  NOT LOADED: {line}", info.id),
+            lines => {
+                println!("{}  NOT LOADED:", info.id);
+                for line in lines {
+                    println!("    {line}");
+                }
+            }
+        },
     }
     println!("  wasm:    {}", info.wasm_path.display());
     println!("  policy:  {}", info.policy_path.display());
@@ -464,7 +509,9 @@ fn policy_check(runtime: &Runtime) -> ExitCode {
             println!("  {} {import}  {why}", if ok { "✓" } else { "✗" });
         }
         if let ComponentStatus::Failed { reason } = &info.status {
-            println!("  {reason}");
+            for line in reason_lines(&info.id, reason) {
+                println!("  {line}");
+            }
             problems += 1;
         }
     }
@@ -490,5 +537,38 @@ fn policy_check(runtime: &Runtime) -> ExitCode {
     } else {
         println!("{problems} problem(s)");
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason_lines;
+
+    #[test]
+    fn reasons_of_another_shape_are_shown_as_they_are() {
+        for reason in [
+            "no policy file: a component loads only with a policy at /p/x.toml saying what it may use",
+            "component `x` imports `a`; and then something else",
+            "component `y` imports `a`, which capbridge does not provide to components",
+        ] {
+            assert_eq!(reason_lines("x", reason), [reason]);
+        }
+    }
+
+    #[test]
+    fn refused_imports_are_grouped_by_reason_in_order() {
+        let why_a = "capbridge does not provide to components (raw sockets cannot be granted; use wasi:http)";
+        let why_b = "p.toml does not grant (it needs `grants.log`)";
+        let reason = format!(
+            "component `x` imports `s/a`, which {why_a}; component `x` imports `l`, which {why_b}; \
+             component `x` imports `s/b`, which {why_a}"
+        );
+        assert_eq!(
+            reason_lines("x", &reason),
+            [
+                format!("component `x` imports `s/a`, `s/b` (2 interfaces), which {why_a}"),
+                format!("component `x` imports `l`, which {why_b}"),
+            ]
+        );
     }
 }

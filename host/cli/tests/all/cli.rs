@@ -49,6 +49,53 @@ fn component_list_shows_status_imports_grants_and_exports() {
 }
 
 #[test]
+fn refused_imports_are_grouped_one_line_per_reason() {
+    let fx = Fixture::new();
+    fx.add(
+        "socket-probe",
+        &program("socket-probe"),
+        Some(&policy("[grants]\nnetwork = [\"http://127.0.0.1:9\"]")),
+    );
+    // Imports events and log, neither granted: two reasons, so two lines.
+    fx.add("events-probe", &program("events-probe"), Some(&policy("")));
+    let not_provided = "which capbridge does not provide to components";
+    for command in [&["component", "list"][..], &["policy", "check"]] {
+        let text = stdout(&capbridge(&fx, command));
+        // Every refused socket import is listed under `imports`, and once in the one line.
+        let sockets: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("wasi:sockets/") && l.contains("NOT PROVIDED"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("wasi:sockets/"))
+            })
+            .collect();
+        assert!(sockets.len() > 1, "{text}");
+        assert_eq!(
+            text.matches(not_provided).count(),
+            1,
+            "{command:?}:\n{text}"
+        );
+        assert_eq!(
+            text.matches("raw sockets cannot be granted").count(),
+            1,
+            "{text}"
+        );
+        let line = text.lines().find(|l| l.contains(not_provided)).unwrap();
+        let count = line.matches("wasi:sockets/").count();
+        assert!(count > 1, "{line}");
+        assert!(line.contains(&format!("({count} interfaces)")), "{line}");
+        for import in &sockets {
+            assert_eq!(line.matches(&format!("`{import}`")).count(), 1, "{line}");
+        }
+        for key in ["grants.events", "grants.log"] {
+            let needs = format!("does not grant (it needs `{key}`)");
+            assert_eq!(text.matches(&needs).count(), 1, "{text}");
+        }
+    }
+}
+
+#[test]
 fn policy_check_passes_the_shipped_policies_and_fails_on_any_problem() {
     let fx = Fixture::new();
     shipped_echo(&fx);
