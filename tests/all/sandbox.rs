@@ -599,6 +599,46 @@ async fn memory_grows_only_up_to_the_limit() {
     );
 }
 
+/// A guest that runs out of memory aborts with `unreachable`; the caller hears that the memory
+/// limit, with its size and policy, was the cause.
+#[tokio::test]
+async fn running_out_of_memory_names_the_limit() {
+    let fx = Fixture::new();
+    fx.add(
+        "small",
+        &program("sandbox-probe"),
+        Some(&policy("[limits]\nmemory-mib = 4")),
+    );
+    let runtime = fx.runtime();
+    match call(&runtime, "small", "exhaust-memory", json!({"mib": 16})).await {
+        Err(CallError::Trap(message)) => {
+            assert!(message.contains("memory limit of 4 MiB"), "{message}");
+            assert!(message.contains("limits.memory-mib"), "{message}");
+            assert!(message.contains("small.toml"), "{message}");
+        }
+        other => panic!("expected a trap naming the memory limit, got {other:?}"),
+    }
+    // Within the limit, the same call works.
+    assert_eq!(
+        call(&runtime, "small", "exhaust-memory", json!({"mib": 1}))
+            .await
+            .unwrap(),
+        json!(1)
+    );
+    // A trap that has nothing to do with memory is not blamed on it.
+    match call(
+        &runtime,
+        "small",
+        "recurse",
+        json!({"depth": 100_000_000u64}),
+    )
+    .await
+    {
+        Err(CallError::Trap(message)) => assert!(!message.contains("memory limit"), "{message}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn deep_recursion_traps_without_harming_the_host() {
     let fx = Fixture::new();
@@ -819,4 +859,98 @@ fn every_probe_export_has_a_host_test() {
             );
         }
     }
+}
+
+/// capbridge's own files are out of every component's reach: a directory grant that is, lies in
+/// or contains the policy, components or cache directory (or the config file, the data
+/// directory) does not load, naming the clash; a neighbouring directory does.
+#[test]
+fn grants_that_reach_capbridge_s_own_files_do_not_load() {
+    let fx = Fixture::new();
+    let data = fx.path().join("data");
+    let config_file = fx.path().join("settings/config.toml");
+    let work = fx.path().join("work");
+    for dir in [&data, &work, &fx.path().join("settings")] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let grant = |host: &std::path::Path| {
+        policy(&format!(
+            "[[grants.directories]]\nhost = {:?}\nguest = \"/d\"\naccess = \"read-only\"",
+            host.display().to_string()
+        ))
+    };
+    let cases = [
+        (
+            "policies",
+            fx.policy_dir(),
+            "it is capbridge's policy directory",
+        ),
+        (
+            "components",
+            fx.components_dir(),
+            "it is capbridge's components directory",
+        ),
+        ("around", fx.path().to_path_buf(), "it contains capbridge's"),
+        (
+            "settings",
+            fx.path().join("settings"),
+            "it contains capbridge's config file",
+        ),
+        (
+            "data",
+            data.join("sub"),
+            "it lies inside capbridge's data directory",
+        ),
+    ];
+    for (id, host, _) in &cases {
+        fx.add(id, &program("sandbox-probe"), Some(&grant(host)));
+    }
+    fx.add("neighbour", &program("sandbox-probe"), Some(&grant(&work)));
+    let config = capbridge_runtime::RuntimeConfig {
+        own_files: capbridge_runtime::own_files::OwnFiles::new()
+            .with_path("config file", &config_file)
+            .with_path("data directory", &data),
+        ..fx.config()
+    };
+    let runtime = capbridge_tests::runtime_with(config);
+    for (id, _, clash) in &cases {
+        let reason = failure(&runtime, id);
+        assert!(reason.contains(clash), "{id}: {reason}");
+        assert!(reason.contains("grants.directories[0]"), "{id}: {reason}");
+        assert!(
+            reason.contains(&fx.policy_path(id).display().to_string()),
+            "{id}: {reason}"
+        );
+    }
+    assert_loaded(&runtime, "neighbour");
+}
+
+/// A network grant naming this machine at the bridge's own port does not load: a component
+/// must not become a client of the contract. The same grant at another port does.
+#[test]
+fn network_grants_that_reach_the_bridge_s_port_do_not_load() {
+    let fx = Fixture::new();
+    for (id, origin) in [
+        ("loopback", "http://127.0.0.1:47555"),
+        ("localhost", "http://localhost:47555"),
+        ("ipv6", "http://[::1]:47555"),
+        ("other-port", "http://127.0.0.1:47556"),
+    ] {
+        fx.add(
+            id,
+            &program("net-probe"),
+            Some(&policy(&format!("[grants]\nnetwork = [{origin:?}]"))),
+        );
+    }
+    let config = capbridge_runtime::RuntimeConfig {
+        own_files: capbridge_runtime::own_files::OwnFiles::new().with_port(47555),
+        ..fx.config()
+    };
+    let runtime = capbridge_tests::runtime_with(config);
+    for id in ["loopback", "localhost", "ipv6"] {
+        let reason = failure(&runtime, id);
+        assert!(reason.contains("bridge's own port 47555"), "{id}: {reason}");
+        assert!(reason.contains("grants.network"), "{id}: {reason}");
+    }
+    assert_loaded(&runtime, "other-port");
 }

@@ -112,6 +112,7 @@ impl Fixture {
             cache_dir: shared_cache_dir(),
             determinism: None,
             picker: capbridge_runtime::caps::dialog::Picker::Headless,
+            own_files: Default::default(),
         }
     }
 

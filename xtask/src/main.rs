@@ -72,7 +72,8 @@ fn xtask() -> anyhow::Result<()> {
         }
         Some("bless") => {
             for (package, test) in [
-                ("capbridge-policy", "committed_schema_is_current"),
+                ("capbridge-runtime", "committed_schema_is_current"),
+                ("capbridge-runtime", "committed_grant_tables_are_current"),
                 ("capbridge-api", "committed_openapi_is_current"),
             ] {
                 run(cargo()

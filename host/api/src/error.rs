@@ -14,7 +14,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::listener::BodyTimeout;
+/// The error reading a body fails with once its deadline has passed (the listener's body bound);
+/// [`ApiJson`] answers it with `408 request_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within the request timeout")]
+pub(crate) struct BodyTimeout;
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]

@@ -9,6 +9,8 @@ pub mod connlog;
 pub mod error;
 mod listener;
 pub mod openapi;
+#[cfg(test)]
+mod router_tests;
 mod routes;
 pub mod security;
 pub mod session;
@@ -33,7 +35,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use config::{BridgeConfig, Mode, DEFAULT_PORT};
 pub use routes::commands::Registry;
-pub use routes::ROUTES;
+pub use routes::{routes, MODULES};
 
 /// The contract version this bridge speaks.
 pub const PROTOCOL_VERSION: &str = "osloop.bridge.v1";
@@ -63,6 +65,31 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state of a bridge answering on `port` (the router alone needs no socket: see
+    /// [`router`]).
+    pub fn new(
+        runtime: Arc<Runtime>,
+        config: BridgeConfig,
+        port: u16,
+        config_path: Option<PathBuf>,
+    ) -> anyhow::Result<Arc<Self>> {
+        config.validate()?;
+        Ok(Arc::new(Shared {
+            commands: Registry::new(&runtime),
+            runtime,
+            origins: config.allowed_origins(),
+            hosts: security::allowed_hosts(port),
+            port,
+            sessions: session::Sessions::new(config.session_ttl()),
+            connections: connlog::ConnectionLog::default(),
+            config_path,
+            config,
+            started: SystemTime::now(),
+            shutdown: watch::channel(false).0,
+            sockets: TaskTracker::new(),
+        }))
+    }
+
     /// Publishes one of the bridge's own events (`bridge.*`) on the bus components use too.
     pub fn publish(&self, topic: &str, payload: serde_json::Value) {
         self.runtime.events().publish(Event {
@@ -122,35 +149,10 @@ impl Server {
         config: BridgeConfig,
         options: ServeOptions,
     ) -> anyhow::Result<Self> {
-        config.validate()?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            commands: Registry::new(&runtime),
-            runtime,
-            origins: config.allowed_origins(),
-            hosts: security::allowed_hosts(addr.port()),
-            port: addr.port(),
-            sessions: session::Sessions::new(config.session_ttl()),
-            connections: connlog::ConnectionLog::default(),
-            config_path: options.config_path,
-            config,
-            started: SystemTime::now(),
-            shutdown: watch::channel(false).0,
-            sockets: TaskTracker::new(),
-        });
-        let app = router(shared.clone(), options.extra_routes);
-        // Ended sessions give back their sleep-prevention holds and picks.
-        let sweeper = shared.clone();
-        let mut sweeper_stop = shared.shutdown.subscribe();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(routes::capability::SWEEP_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => routes::capability::sweep_ended_sessions(&sweeper).await,
-                    _ = sweeper_stop.changed() => break,
-                }
-            }
-        });
+        let shared = Shared::new(runtime, config, addr.port(), options.config_path)?;
+        let app = router_with(shared.clone(), options.extra_routes);
+        tokio::spawn(end_sessions(shared.clone()));
         let bounds = listener::Bounds::new(&shared.config);
         let stop = shared.shutdown.subscribe();
         let task = tokio::spawn(listener::serve(listener, app, bounds, stop));
@@ -170,13 +172,8 @@ impl Server {
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
         self.shared.shutdown.send_replace(true);
         self.shared.sockets.close();
-        // Nobody can hold sleep prevention for a bridge that is gone.
-        self.shared
-            .runtime
-            .services()
-            .awake
-            .release_where(|_| true)
-            .await;
+        // Whatever a capability holds for anyone (sleep prevention) is given back.
+        self.shared.runtime.shutdown().await;
         let mut task = self.task;
         let drained = tokio::time::timeout(grace, async {
             let served = (&mut task).await;
@@ -195,39 +192,66 @@ impl Server {
     }
 }
 
-fn router(shared: Arc<Shared>, extra: Option<Router<Arc<Shared>>>) -> Router {
+/// Tells the runtime when a session ends (expires, or is dropped for a newer one), so that
+/// every capability gives back what it held for it; waits for the next expiry in between.
+async fn end_sessions(shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let (ended, next_expiry) = shared.sessions.take_ended();
+        for session in ended {
+            shared.runtime.end_session(session).await;
+            tracing::debug!(target: "capbridge::api", session, "session ended");
+        }
+        // Past the expiry by a little, so the session is no longer live when looked at.
+        let wake = next_expiry.map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            |at| tokio::time::Instant::from_std(at) + Duration::from_millis(5),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = shared.sessions.changed().notified() => {}
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        }
+    }
+}
+
+/// The contract's router: every route of [`MODULES`] behind the checks of its tier, for tests
+/// that call it in-process (tower's `oneshot`) as much as for the server.
+pub fn router(shared: Arc<Shared>) -> Router {
+    router_with(shared, None)
+}
+
+fn router_with(shared: Arc<Shared>, extra: Option<Router<Arc<Shared>>>) -> Router {
+    use routes::Tier;
     let config = &shared.config;
-    let authenticated = Router::new()
-        .merge(routes::bridge::authenticated())
-        .merge(routes::commands::listing())
-        .merge(routes::not_supported())
-        .merge(extra.unwrap_or_default())
-        .route_layer(from_fn_with_state(
-            shared.clone(),
-            security::require_session,
-        ));
-    let timed = Router::new()
-        .merge(routes::bridge::public())
-        .merge(routes::session::routes())
-        .merge(authenticated)
+    let mut tiers: [Router<Arc<Shared>>; 4] = Default::default();
+    for module in MODULES {
+        for (tier, group) in (module.routes)() {
+            let index = match tier {
+                Tier::Public => 0,
+                Tier::Session => 1,
+                Tier::SessionOwnDeadline => 2,
+                Tier::Socket => 3,
+            };
+            let (group, _) = group.split_for_parts();
+            tiers[index] = std::mem::take(&mut tiers[index]).merge(group);
+        }
+    }
+    let [public, session, own_deadline, socket] = tiers;
+    let require_session = || from_fn_with_state(shared.clone(), security::require_session);
+    let timed = public
+        .merge(
+            session
+                .merge(extra.unwrap_or_default())
+                .route_layer(require_session()),
+        )
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout(),
         ));
     // Invocations and capability calls have their own deadline (504, from the command timeout
     // and the component's policy); the event socket lives as long as the session.
-    let untimed = Router::new()
-        .merge(
-            routes::commands::invocation()
-                .merge(routes::filesystem::routes())
-                .merge(routes::awake::routes())
-                .merge(routes::system::routes())
-                .route_layer(from_fn_with_state(
-                    shared.clone(),
-                    security::require_session,
-                )),
-        )
-        .merge(routes::events::routes());
+    let untimed = own_deadline.route_layer(require_session()).merge(socket);
     Router::new()
         .merge(timed)
         .merge(untimed)

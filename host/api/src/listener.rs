@@ -50,7 +50,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::BridgeConfig;
-use crate::error::{self, ApiError};
+use crate::error::{self, ApiError, BodyTimeout};
 use crate::Shared;
 
 /// What bounds connections, from the config.
@@ -215,12 +215,6 @@ impl AsyncWrite for Held {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
-
-/// The error reading a body fails with once its deadline has passed ([`crate::error::ApiJson`]
-/// answers it with `408 request_timeout`).
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within the request timeout")]
-pub(crate) struct BodyTimeout;
 
 /// Bounds the request body (see the module documentation): 413 at once for a declared length
 /// above `max-body-bytes`, and a deadline of `request-timeout-ms` from now for reading it.

@@ -1,10 +1,10 @@
-//! The OpenAPI document, generated from the handlers' annotations; served at
+//! The OpenAPI document, generated from the registered routes' annotations; served at
 //! `/api/v1/openapi.json` and committed as `docs/openapi.json` (a test keeps it current).
 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{awake, bridge, commands, events, filesystem, session, system};
+use crate::routes::{events, MODULES};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,13 +12,6 @@ use crate::routes::{awake, bridge, commands, events, filesystem, session, system
         title = "capbridge localhost contract",
         description = "The OS Loop bridge contract (osloop.bridge.v1) as capbridge serves it on \
                        127.0.0.1. See docs/contract.md.",
-    ),
-    paths(
-        bridge::health, bridge::openapi, session::handshake, session::refresh, bridge::info,
-        bridge::capabilities, bridge::runtime, bridge::connections, commands::list,
-        commands::invoke, filesystem::targets, filesystem::select, filesystem::read,
-        filesystem::write, awake::status, awake::acquire, awake::release, system::info,
-        system::tools, system::locate, system::recipes, system::resolve, events::upgrade,
     ),
     components(schemas(events::Envelope)),
     modifiers(&TokenHeader),
@@ -49,8 +42,15 @@ impl Modify for TokenHeader {
     }
 }
 
+/// The document: the contract's description, then the paths and schemas of every route module
+/// in [`MODULES`], as their handlers declare them.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    for module in MODULES {
+        for (_, routes) in (module.routes)() {
+            doc.merge(routes.into_openapi());
+        }
+    }
     doc.info.version = crate::APP_VERSION.to_string();
     doc
 }

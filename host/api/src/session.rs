@@ -14,11 +14,17 @@ pub const MAX_SESSIONS: usize = 256;
 pub struct Sessions {
     ttl: Duration,
     inner: Mutex<Inner>,
+    /// Woken when a session is issued, refreshed or dropped, so whoever waits for the next
+    /// expiry ([`Sessions::take_ended`]) recomputes it.
+    changed: tokio::sync::Notify,
 }
 
 struct Inner {
     next_id: u64,
     sessions: Vec<Session>,
+    /// Sessions that ended (dropped for a newer one, or expired and removed) and have not been
+    /// reported by [`Sessions::take_ended`] yet.
+    ended: Vec<u64>,
 }
 
 struct Session {
@@ -26,6 +32,8 @@ struct Session {
     token: [u8; 32],
     origin: Option<String>,
     expires: Instant,
+    /// Its expiry has been reported by [`Sessions::take_ended`].
+    reported: bool,
 }
 
 /// A newly issued (or rotated) token.
@@ -65,8 +73,36 @@ impl Sessions {
             inner: Mutex::new(Inner {
                 next_id: 1,
                 sessions: Vec::new(),
+                ended: Vec::new(),
             }),
+            changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The sessions that ended since the last call (expired, or dropped for a newer one), each
+    /// reported once, and when the next live one expires.
+    pub fn take_ended(&self) -> (Vec<u64>, Option<Instant>) {
+        let now = Instant::now();
+        let mut inner = self.inner.lock().expect("sessions lock");
+        let mut ended = std::mem::take(&mut inner.ended);
+        for session in inner.sessions.iter_mut() {
+            if session.expires <= now && !session.reported {
+                session.reported = true;
+                ended.push(session.id);
+            }
+        }
+        let next = inner
+            .sessions
+            .iter()
+            .filter(|s| s.expires > now)
+            .map(|s| s.expires)
+            .min();
+        (ended, next)
+    }
+
+    /// Woken whenever sessions change (see [`Sessions::take_ended`]).
+    pub fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
     }
 
     /// Issues a new session for a client on `origin` (`None`: a non-browser local client).
@@ -74,9 +110,19 @@ impl Sessions {
         let token = new_token()?;
         let mut inner = self.inner.lock().expect("sessions lock");
         let now = Instant::now();
-        inner.sessions.retain(|s| s.expires > now);
-        if inner.sessions.len() >= MAX_SESSIONS {
-            inner.sessions.remove(0);
+        let Inner {
+            sessions, ended, ..
+        } = &mut *inner;
+        sessions.retain(|s| {
+            let live = s.expires > now;
+            if !live && !s.reported {
+                ended.push(s.id);
+            }
+            live
+        });
+        if sessions.len() >= MAX_SESSIONS {
+            let dropped = sessions.remove(0);
+            ended.push(dropped.id);
         }
         let id = inner.next_id;
         inner.next_id += 1;
@@ -85,7 +131,10 @@ impl Sessions {
             token,
             origin: origin.map(str::to_string),
             expires: now + self.ttl,
+            reported: false,
         });
+        drop(inner);
+        self.changed.notify_one();
         Ok(self.issued(id, &token))
     }
 
@@ -114,7 +163,10 @@ impl Sessions {
         let session = &mut inner.sessions[index];
         session.token = new;
         session.expires = Instant::now() + self.ttl;
-        Ok(self.issued(session.id, &new))
+        let id = session.id;
+        drop(inner);
+        self.changed.notify_one();
+        Ok(self.issued(id, &new))
     }
 
     /// Whether session `id` is still live (the event socket checks this at every heartbeat).
@@ -262,5 +314,26 @@ mod tests {
             sessions.validate(&first.token, None),
             Err(AuthError::Invalid)
         );
+    }
+
+    #[test]
+    fn ended_sessions_are_reported_once() {
+        let sessions = Sessions::new(Duration::from_millis(50));
+        let first = sessions.issue(None).unwrap();
+        let (ended, next) = sessions.take_ended();
+        assert!(ended.is_empty());
+        assert!(next.is_some(), "the live session's expiry");
+        std::thread::sleep(Duration::from_millis(80));
+        let (ended, next) = sessions.take_ended();
+        assert_eq!(ended, [first.session_id]);
+        assert_eq!(next, None);
+        assert!(sessions.take_ended().0.is_empty(), "reported once");
+        // Dropped for a newer one: reported too.
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let oldest = sessions.issue(None).unwrap();
+        for _ in 0..MAX_SESSIONS {
+            sessions.issue(None).unwrap();
+        }
+        assert_eq!(sessions.take_ended().0, [oldest.session_id]);
     }
 }

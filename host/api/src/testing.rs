@@ -36,6 +36,7 @@ impl TestBridge {
             cache_dir: sub("cache"),
             determinism: None,
             picker: Picker::Headless,
+            own_files: Default::default(),
         })
         .expect("runtime");
         runtime.load_all(&mut |_| {}).expect("load nothing");

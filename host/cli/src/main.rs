@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use capbridge_api::{BridgeConfig, Mode, ServeOptions, Server};
 use capbridge_policy::Policy;
-use capbridge_runtime::linker::{classify, Grantable, ImportKind};
+use capbridge_runtime::caps;
+use capbridge_runtime::linker::{classify, ImportKind};
+use capbridge_runtime::own_files::OwnFiles;
 use capbridge_runtime::{
     CallOptions, ComponentInfo, ComponentStatus, LoadEvent, Runtime, RuntimeConfig,
 };
@@ -127,8 +129,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = runtime_config(&cli)?;
     let config_file = config_path(&cli);
+    let config = runtime_config(&cli, config_file.as_deref().ok())?;
     match cli.command {
         Command::Policy(PolicyCommand::Explain { policy }) => {
             let file = if Path::new(&policy).is_file()
@@ -144,15 +146,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .and_then(|s| s.to_str())
                 .unwrap_or_default()
                 .to_string();
-            let policy = Policy::load(&id, &file)?;
+            let policy = caps::load_policy(&id, &file)?;
             print!("{}", policy.explain());
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Schema) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&capbridge_policy::schema())?
-            );
+            println!("{}", serde_json::to_string_pretty(&caps::policy_schema())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Check) => {
@@ -185,7 +184,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             let args: serde_json::Value =
                 serde_json::from_str(&args).context("arguments are not valid JSON")?;
-            let runtime = load(config)?;
+            // Only the component called: the others' compile and load problems are not this
+            // call's business.
+            let runtime = load_where(config, |id| id == component)?;
             let tokio = tokio::runtime::Runtime::new()?;
             let options = CallOptions {
                 record,
@@ -250,15 +251,26 @@ fn serve(
     if dev {
         bridge.mode = Mode::Dev;
     }
+    let tokio = tokio::runtime::Runtime::new()?;
+    let listener = tokio.block_on(capbridge_api::bind(port.unwrap_or(bridge.port)))?;
+    // The bound port is known before any component loads, so no grant can reach it.
+    let config = RuntimeConfig {
+        own_files: config
+            .own_files
+            .clone()
+            .with_port(listener.local_addr()?.port()),
+        ..config
+    };
     let runtime = Arc::new(load(config)?);
     let loaded = runtime
         .components()
         .filter(|c| c.status == ComponentStatus::Loaded)
         .count();
     let total = runtime.components().count();
-    let tokio = tokio::runtime::Runtime::new()?;
     tokio.block_on(async {
-        let listener = capbridge_api::bind(port.unwrap_or(bridge.port)).await?;
+        // Before the address is printed: whoever reads it may send SIGTERM at once.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let options = ServeOptions {
             config_path: Some(config_path.to_path_buf()),
             ..ServeOptions::default()
@@ -277,7 +289,6 @@ fn serve(
         );
         println!("  Ctrl-C or SIGTERM to stop");
         let mut events = runtime.events().subscribe();
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
@@ -310,8 +321,13 @@ fn config_path(cli: &Cli) -> anyhow::Result<PathBuf> {
 /// Loads every component, showing compile progress on stderr (a first start compiles; later
 /// starts read the compile cache).
 fn load(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+    load_where(config, |_| true)
+}
+
+/// Loads the components `wanted` accepts, as [`load`] does.
+fn load_where(config: RuntimeConfig, wanted: impl Fn(&str) -> bool) -> anyhow::Result<Runtime> {
     let mut runtime = Runtime::new(config)?;
-    runtime.load_all(&mut |event| {
+    runtime.load_where(wanted, &mut |event| {
         if let LoadEvent::Compiling {
             component,
             index,
@@ -326,8 +342,17 @@ fn load(config: RuntimeConfig) -> anyhow::Result<Runtime> {
     Ok(runtime)
 }
 
-fn runtime_config(cli: &Cli) -> anyhow::Result<RuntimeConfig> {
+fn runtime_config(cli: &Cli, config_file: Option<&Path>) -> anyhow::Result<RuntimeConfig> {
     let dirs = directories::ProjectDirs::from("", "", "capbridge");
+    // What decides what components may do is out of their reach (besides the components,
+    // policy and cache directories, which the runtime adds).
+    let mut own_files = OwnFiles::new();
+    if let Some(file) = config_file {
+        own_files = own_files.with_path("config file", file);
+    }
+    if let Some(dirs) = &dirs {
+        own_files = own_files.with_path("data directory", dirs.data_dir());
+    }
     let default_dir = |local: &str, data_sub: &str| -> anyhow::Result<PathBuf> {
         if Path::new(local).is_dir() {
             return Ok(PathBuf::from(local));
@@ -355,18 +380,19 @@ fn runtime_config(cli: &Cli) -> anyhow::Result<RuntimeConfig> {
                 .join("compiled"),
         },
         determinism: None,
-        picker: capbridge_runtime::caps::dialog::Picker::from_env(),
+        picker: caps::dialog::Picker::from_env(),
+        own_files,
     })
 }
 
 fn describe_import(import: &str, info: &ComponentInfo) -> (bool, String) {
     match classify(import) {
         ImportKind::Baseline => (true, "baseline".into()),
-        ImportKind::Grantable(g) => match &info.policy {
-            Some(policy) if g.granted_by(policy) => {
-                (true, format!("granted by {}", g.policy_key()))
+        ImportKind::Capability(cap) => match &info.policy {
+            Some(policy) if cap.granted_by(policy) => {
+                (true, format!("granted by grants.{}", cap.key()))
             }
-            _ => (false, format!("NOT GRANTED: needs {}", g.policy_key())),
+            _ => (false, format!("NOT GRANTED: needs grants.{}", cap.key())),
         },
         ImportKind::NotProvided => (false, "NOT PROVIDED by capbridge".into()),
     }
@@ -385,66 +411,25 @@ fn grants_summary(policy: &Policy) -> Vec<String> {
     if !policy.environment.is_empty() {
         grants.push(format!("environment {}", policy.environment.join(", ")));
     }
-    for net in &policy.network {
-        grants.push(format!("network {}", net.text));
-    }
-    if !policy.events.is_empty() {
-        let topics: Vec<String> = policy.events.iter().map(|t| t.to_string()).collect();
-        grants.push(format!("events {}", topics.join(", ")));
-    }
-    if Grantable::Log.granted_by(policy) {
-        grants.push("log".into());
-    }
-    if policy.awake {
-        grants.push("awake".into());
-    }
-    if policy.dialog {
-        grants.push("dialog".into());
-    }
-    if let Some(system) = &policy.system {
-        grants.push(if system.programs.is_empty() {
-            "system".to_string()
-        } else {
-            format!("system (--version of {})", system.programs.join(", "))
-        });
+    for entry in &policy.grants {
+        if let Some(grant) = &entry.grant {
+            grants.push(match grant.scope() {
+                Some(scope) => format!("{} {scope}", entry.key),
+                None => entry.key.to_string(),
+            });
+        }
     }
     grants
 }
 
-/// A load failure's reason as lines to show. The runtime refuses a component with one sentence
-/// per refused import, joined with `; ` (`` component `x` imports `i`, which … ``), so a
-/// component importing seven `wasi:sockets/*` interfaces would repeat the same sentence seven
-/// times: here imports refused for the same reason share one line, in the order they came. A
-/// reason of any other shape is one line, as it is.
+/// A load failure's reason as lines to show: the runtime names each refused import's reason in
+/// one sentence (imports refused for the same reason share it), joined with `; `.
 fn reason_lines(id: &str, reason: &str) -> Vec<String> {
-    let prefix = format!("component `{id}` imports `");
-    let Some(rest) = reason.strip_prefix(&prefix) else {
-        return vec![reason.to_string()];
-    };
-    // Split on the whole prefix, not on `; ` alone: a reason may itself contain `; `.
-    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for problem in rest.split(&format!("; {prefix}")) {
-        let Some((import, why)) = problem.split_once("`, which ") else {
-            return vec![reason.to_string()];
-        };
-        match groups.iter_mut().find(|(w, _)| *w == why) {
-            Some((_, imports)) => imports.push(import),
-            None => groups.push((why, vec![import])),
-        }
-    }
-    groups
-        .into_iter()
-        .map(|(why, imports)| {
-            let list: Vec<String> = imports.iter().map(|i| format!("`{i}`")).collect();
-            let count = match imports.len() {
-                1 => String::new(),
-                n => format!(" ({n} interfaces)"),
-            };
-            format!(
-                "component `{id}` imports {}{count}, which {why}",
-                list.join(", ")
-            )
-        })
+    let next = format!("; component `{id}` imports ");
+    let mut parts = reason.split(&next);
+    let first = parts.next().unwrap_or_default().to_string();
+    std::iter::once(first)
+        .chain(parts.map(|part| format!("component `{id}` imports {part}")))
         .collect()
 }
 
@@ -520,7 +505,7 @@ fn policy_check(runtime: &Runtime) -> ExitCode {
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default();
-        match Policy::load(id, &orphan) {
+        match caps::load_policy(id, &orphan) {
             Ok(_) => println!(
                 "{id}: policy is valid, but there is no component {id}.wasm  ({})",
                 orphan.display()
@@ -545,30 +530,19 @@ mod tests {
     use super::reason_lines;
 
     #[test]
-    fn reasons_of_another_shape_are_shown_as_they_are() {
-        for reason in [
-            "no policy file: a component loads only with a policy at /p/x.toml saying what it may use",
-            "component `x` imports `a`; and then something else",
-            "component `y` imports `a`, which capbridge does not provide to components",
-        ] {
-            assert_eq!(reason_lines("x", reason), [reason]);
-        }
-    }
-
-    #[test]
-    fn refused_imports_are_grouped_by_reason_in_order() {
-        let why_a = "capbridge does not provide to components (raw sockets cannot be granted; use wasi:http)";
-        let why_b = "p.toml does not grant (it needs `grants.log`)";
-        let reason = format!(
-            "component `x` imports `s/a`, which {why_a}; component `x` imports `l`, which {why_b}; \
-             component `x` imports `s/b`, which {why_a}"
-        );
+    fn each_reason_is_a_line() {
+        let reason = "component `x` imports `s/a`, `s/b` (2 interfaces), which capbridge does not \
+                      provide to components (raw sockets cannot be granted; use wasi:http); \
+                      component `x` imports `l`, which p.toml does not grant (it needs `grants.log`)";
         assert_eq!(
-            reason_lines("x", &reason),
+            reason_lines("x", reason),
             [
-                format!("component `x` imports `s/a`, `s/b` (2 interfaces), which {why_a}"),
-                format!("component `x` imports `l`, which {why_b}"),
+                "component `x` imports `s/a`, `s/b` (2 interfaces), which capbridge does not \
+                 provide to components (raw sockets cannot be granted; use wasi:http)",
+                "component `x` imports `l`, which p.toml does not grant (it needs `grants.log`)",
             ]
         );
+        let other = "no policy file: a component loads only with a policy at /p/x.toml";
+        assert_eq!(reason_lines("x", other), [other]);
     }
 }

@@ -16,7 +16,7 @@ pub const DEFAULT_TABLE_ELEMENTS: u32 = 10_000;
 pub const DEFAULT_OUTPUT_BYTES: u64 = 1_048_576;
 
 /// A capbridge policy file (`policy/<component-id>.toml`); anything not granted is denied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 #[schemars(title = "capbridge policy file")]
 pub struct PolicyFile {
@@ -34,6 +34,7 @@ pub struct PolicyFile {
     pub limits: LimitsFile,
     /// What the component may reach. Anything absent is not granted.
     #[serde(default)]
+    #[schemars(with = "BaselineGrantsFile")]
     pub grants: GrantsFile,
 }
 
@@ -94,10 +95,18 @@ fn default_output_bytes() -> u64 {
     DEFAULT_OUTPUT_BYTES
 }
 
-/// What the component is granted. Every list is empty and `log` is false unless written.
+/// The `[grants]` table: what the component may reach. Anything absent is not granted.
+///
+/// `directories` and `environment` are read by this crate ([`DirectoryGrantFile`], a list of
+/// names); every other key belongs to a capability ([`crate::GrantKind`]), which reads its own
+/// value. The values are kept with their place in the file, so a problem names its line.
+pub type GrantsFile = std::collections::BTreeMap<String, toml::Spanned<toml::Value>>;
+
+/// What the component may reach; anything absent is not granted. Every key but `directories`
+/// and `environment` belongs to one capability (see docs/policy.md).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct GrantsFile {
+pub struct BaselineGrantsFile {
     /// Host directories the component can see, each mounted at a guest path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directories: Vec<DirectoryGrantFile>,
@@ -105,38 +114,6 @@ pub struct GrantsFile {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(length(min = 1)))]
     pub environment: Vec<String>,
-    /// Outbound HTTP(S) origins, written `scheme://host[:port]` (http or https only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(pattern(r"^[hH][tT][tT][pP][sS]?://")))]
-    pub network: Vec<String>,
-    /// Event topics it may publish to: exact, `prefix.*` (any topic below), or `*` (all).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(pattern(r"^(\*|[a-z0-9_-]+(\.[a-z0-9_-]+)*(\.\*)?)$")))]
-    pub events: Vec<String>,
-    /// Whether the component may write to the host log.
-    #[serde(default)]
-    pub log: bool,
-    /// Whether the component may keep the machine awake (`capbridge:host/awake`).
-    #[serde(default)]
-    pub awake: bool,
-    /// Whether the component may show native pickers (`capbridge:host/dialog`); a pick widens
-    /// access for the session that asked, to what the person picked.
-    #[serde(default)]
-    pub dialog: bool,
-    /// Facts about this machine and versions of named programs (`capbridge:host/system`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system: Option<SystemGrantFile>,
-}
-
-/// What `capbridge:host/system` may do beyond reading the machine's OS facts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct SystemGrantFile {
-    /// File names of programs the component may run with the single argument `--version`, and
-    /// only where they lie in a granted directory.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(pattern(r"^[A-Za-z0-9._+-]{1,64}$")))]
-    pub programs: Vec<String>,
 }
 
 /// One host directory made visible to the component.

@@ -3,17 +3,17 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::file::{Access, DirectoryGrantFile, GrantsFile, InstanceMode, LimitsFile, PolicyFile};
-use crate::network::{NetworkGrant, Scheme};
-use crate::topic::TopicPattern;
+use crate::file::{Access, DirectoryGrantFile, InstanceMode, LimitsFile, PolicyFile};
+use crate::grant::{read, Grant, GrantContext, GrantKind};
 use crate::POLICY_VERSION;
 
 /// A policy checked and ready to enforce. Everything not listed here is denied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub component_id: String,
     /// The policy file, for messages ("granted by policy/echo.toml").
@@ -23,13 +23,9 @@ pub struct Policy {
     pub limits: Limits,
     pub directories: Vec<DirectoryGrant>,
     pub environment: Vec<String>,
-    pub network: Vec<NetworkGrant>,
-    pub events: Vec<TopicPattern>,
-    pub log: bool,
-    pub awake: bool,
-    pub dialog: bool,
-    /// `grants.system`: `None` when the interface is not granted.
-    pub system: Option<SystemGrant>,
+    /// One entry per capability the policy was read with, in their order: its grant, if the
+    /// policy grants it.
+    pub grants: Vec<GrantEntry>,
     /// The home directory `~/` was expanded against (from `$HOME` at parse time), if known.
     pub home: Option<PathBuf>,
 }
@@ -66,10 +62,15 @@ pub struct DirectoryGrant {
     pub create: bool,
 }
 
-/// `grants.system`: the program names whose `--version` the component may read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SystemGrant {
-    pub programs: Vec<String>,
+/// What a policy says about one capability's key.
+#[derive(Debug, Clone)]
+pub struct GrantEntry {
+    /// The key under `[grants]`.
+    pub key: &'static str,
+    /// The scope granted; `None` when the policy does not grant it.
+    pub grant: Option<Arc<dyn Grant>>,
+    /// What the component cannot do without it.
+    pub not_granted: &'static str,
 }
 
 /// One thing wrong with a policy file, naming the key it is about.
@@ -138,11 +139,17 @@ struct VersionProbe {
 }
 
 impl Policy {
-    /// Parse and validate a policy file's text. `~/` in directory grants is expanded against
+    /// Parse and validate a policy file's text; `kinds` are the capabilities' keys under
+    /// `[grants]` (any other key is unknown). `~/` in directory grants is expanded against
     /// `$HOME`.
-    pub fn parse(component_id: &str, source: &Path, text: &str) -> Result<Policy, PolicyError> {
+    pub fn parse(
+        component_id: &str,
+        source: &Path,
+        text: &str,
+        kinds: &[&dyn GrantKind],
+    ) -> Result<Policy, PolicyError> {
         let home = std::env::var_os("HOME").map(PathBuf::from);
-        Self::parse_with_home(component_id, source, text, home.as_deref())
+        Self::parse_with_home(component_id, source, text, home.as_deref(), kinds)
     }
 
     /// [`Policy::parse`] with the home directory given instead of read from `$HOME` (`None`:
@@ -152,6 +159,7 @@ impl Policy {
         source: &Path,
         text: &str,
         home: Option<&Path>,
+        kinds: &[&dyn GrantKind],
     ) -> Result<Policy, PolicyError> {
         let syntax = |e: toml::de::Error| PolicyError::Syntax {
             path: source.to_path_buf(),
@@ -173,85 +181,107 @@ impl Policy {
             }
         }
         let file: PolicyFile = toml::from_str(text).map_err(syntax)?;
-        Self::from_file(component_id, source, file, home)
+        Self::from_file(component_id, source, text, file, home, kinds)
     }
 
     /// Read the file at `path`, then [`Policy::parse`] it.
-    pub fn load(component_id: &str, path: &Path) -> Result<Policy, PolicyError> {
+    pub fn load(
+        component_id: &str,
+        path: &Path,
+        kinds: &[&dyn GrantKind],
+    ) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(component_id, path, &text)
+        Self::parse(component_id, path, &text, kinds)
     }
 
     /// Validate a deserialised file (of version 1), collecting every problem.
     fn from_file(
         component_id: &str,
         source: &Path,
-        file: PolicyFile,
+        text: &str,
+        mut file: PolicyFile,
         home: Option<&Path>,
+        kinds: &[&dyn GrantKind],
     ) -> Result<Policy, PolicyError> {
         let home = home.filter(|h| h.is_absolute()).map(Path::to_path_buf);
+        // A value of the wrong shape is a syntax error naming its key and line, as the TOML
+        // parser's own errors do.
+        let syntax = |key: &str, span: std::ops::Range<usize>, e: toml::de::Error| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            PolicyError::Syntax {
+                path: source.to_path_buf(),
+                message: format!("{key}: {} at line {line}", e.message().trim_end()),
+            }
+        };
+        if let Some((key, value)) = file
+            .grants
+            .iter()
+            .find(|(key, _)| !is_baseline_key(key) && !kinds.iter().any(|k| k.key() == *key))
+        {
+            let mut known: Vec<&str> = BASELINE_KEYS.to_vec();
+            known.extend(kinds.iter().map(|k| k.key()));
+            return Err(PolicyError::Syntax {
+                path: source.to_path_buf(),
+                message: format!(
+                    "grants: unknown field `{key}`, expected one of {} at line {}",
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    text[..value.span().start.min(text.len())]
+                        .matches('\n')
+                        .count()
+                        + 1
+                ),
+            });
+        }
+        let mut take = |key: &str| file.grants.remove(key);
+        let directories: Vec<DirectoryGrantFile> = match take("directories") {
+            Some(v) => {
+                let span = v.span();
+                read(v.into_inner()).map_err(|e| syntax("grants.directories", span, e))?
+            }
+            None => Vec::new(),
+        };
+        let environment: Vec<String> = match take("environment") {
+            Some(v) => {
+                let span = v.span();
+                read(v.into_inner()).map_err(|e| syntax("grants.environment", span, e))?
+            }
+            None => Vec::new(),
+        };
+
         let mut problems = Problems::default();
         check_limits(&file.limits, &mut problems);
-        let GrantsFile {
-            directories,
-            environment,
-            network,
-            events,
-            log,
-            awake,
-            dialog,
-            system,
-        } = file.grants;
         let directories = check_directories(&directories, home.as_deref(), &mut problems);
         check_environment(&environment, &mut problems);
-        let network = network
-            .iter()
-            .enumerate()
-            .filter_map(|(i, text)| match NetworkGrant::parse(text) {
-                Ok(grant) => Some(grant),
-                Err(e) => {
-                    problems.add(format!("grants.network[{i}]"), format!("{text:?}: {e}"));
-                    None
+        let mut grants = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            let grant = match file.grants.remove(kind.key()) {
+                None => None,
+                Some(value) => {
+                    let span = value.span();
+                    let mut cx = GrantContext {
+                        key: kind.key(),
+                        instance: file.instance,
+                        directories: &directories,
+                        home: home.as_deref(),
+                        problems: &mut problems,
+                    };
+                    kind.parse(value.into_inner(), &mut cx)
+                        .map_err(|e| syntax(&format!("grants.{}", kind.key()), span, e))?
                 }
-            })
-            .collect();
-        let events = events
-            .iter()
-            .enumerate()
-            .filter_map(|(i, text)| match TopicPattern::parse(text) {
-                Ok(pattern) => Some(pattern),
-                Err(e) => {
-                    problems.add(format!("grants.events[{i}]"), format!("{text:?}: {e}"));
-                    None
-                }
-            })
-            .collect();
-        if dialog && file.instance == InstanceMode::Persistent {
-            problems.add(
-                "grants.dialog",
-                "cannot be granted to a persistent component: a pick is mounted into the \
-                 instances of the session that made it, and a persistent instance serves every \
-                 session (use instance = \"fresh\")",
-            );
+            };
+            grants.push(GrantEntry {
+                key: kind.key(),
+                grant,
+                not_granted: kind.not_granted(),
+            });
         }
-        let system = system.map(|system| {
-            for (i, name) in system.programs.iter().enumerate() {
-                if !is_program_name(name) {
-                    problems.add(
-                        format!("grants.system.programs[{i}]"),
-                        format!(
-                            "{name:?} is not a program file name (1 to 64 of A-Z a-z 0-9 . _ + -)"
-                        ),
-                    );
-                }
-            }
-            SystemGrant {
-                programs: system.programs,
-            }
-        });
         if !problems.0.is_empty() {
             return Err(PolicyError::Invalid {
                 path: source.to_path_buf(),
@@ -266,50 +296,40 @@ impl Policy {
             limits: limits_from(&file.limits),
             directories,
             environment,
-            network,
-            events,
-            log,
-            awake,
-            dialog,
-            system,
+            grants,
             home,
         })
     }
 
-    /// Whether the component may publish on `topic`.
-    pub fn allows_topic(&self, topic: &str) -> bool {
-        self.events.iter().any(|pattern| pattern.matches(topic))
+    /// The scope of capability grant `G`, when this policy grants it.
+    pub fn grant<G: Grant>(&self) -> Option<&G> {
+        self.grants.iter().find_map(|entry| {
+            let grant: &dyn std::any::Any = entry.grant.as_deref()?;
+            grant.downcast_ref::<G>()
+        })
     }
 
-    /// The grant that lets the component reach `scheme://host:port`, if any. The host must
-    /// match exactly, ignoring case; an IPv6 host may be given with or without brackets.
-    pub fn network_grant_for(
-        &self,
-        scheme: Scheme,
-        host: &str,
-        port: u16,
-    ) -> Option<&NetworkGrant> {
-        self.network
+    /// Whether the policy grants the capability whose key is `key`.
+    pub fn grants_key(&self, key: &str) -> bool {
+        self.grants
             .iter()
-            .find(|grant| grant.matches(scheme, host, port))
+            .any(|entry| entry.key == key && entry.grant.is_some())
     }
 }
 
-/// A bare file name a program may have: no separators, no `..`.
-fn is_program_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+/// The keys under `[grants]` this crate reads itself; every other key belongs to a capability.
+pub const BASELINE_KEYS: [&str; 2] = ["directories", "environment"];
+
+fn is_baseline_key(key: &str) -> bool {
+    BASELINE_KEYS.contains(&key)
 }
 
+/// The problems found so far while reading a policy.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(crate) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -462,628 +482,5 @@ fn check_environment(names: &[String], problems: &mut Problems) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HOME: &str = "/home/reviewer";
-
-    fn parse(text: &str) -> Result<Policy, PolicyError> {
-        Policy::parse_with_home(
-            "echo",
-            Path::new("policy/echo.toml"),
-            text,
-            Some(Path::new(HOME)),
-        )
-    }
-
-    fn ok(text: &str) -> Policy {
-        parse(text).unwrap_or_else(|e| panic!("rejected: {e}\n--- policy ---\n{text}"))
-    }
-
-    /// The problems of an invalid policy, as `key: message` strings.
-    fn problems(text: &str) -> Vec<String> {
-        match parse(text) {
-            Err(PolicyError::Invalid { problems, .. }) => {
-                problems.iter().map(ToString::to_string).collect()
-            }
-            Err(other) => panic!("expected validation problems, got: {other}"),
-            Ok(p) => panic!("accepted: {p:?}\n--- policy ---\n{text}"),
-        }
-    }
-
-    /// The one problem of an invalid policy.
-    fn problem(text: &str) -> String {
-        let mut all = problems(text);
-        assert_eq!(all.len(), 1, "expected one problem, got {all:#?}");
-        all.remove(0)
-    }
-
-    fn syntax_error(text: &str) -> String {
-        match parse(text) {
-            Err(e @ PolicyError::Syntax { .. }) => e.to_string(),
-            Err(other) => panic!("expected a syntax error, got: {other}"),
-            Ok(p) => panic!("accepted: {p:?}"),
-        }
-    }
-
-    /// `s` as a TOML string literal.
-    fn quoted(s: &str) -> String {
-        toml::Value::String(s.to_string()).to_string()
-    }
-
-    fn directory(host: &str, guest: &str) -> String {
-        format!(
-            "version = 1\n[[grants.directories]]\nhost = {}\nguest = {}\naccess = \"read-only\"\n",
-            quoted(host),
-            quoted(guest)
-        )
-    }
-
-    #[test]
-    fn minimal_policy_grants_nothing_and_fills_defaults() {
-        let p = ok("version = 1");
-        assert_eq!(p.component_id, "echo");
-        assert_eq!(p.source, Path::new("policy/echo.toml"));
-        assert_eq!(p.description, None);
-        assert_eq!(p.instance, InstanceMode::Fresh);
-        assert_eq!(
-            p.limits,
-            Limits {
-                deadline: Duration::from_secs(30),
-                memory_bytes: 64 * 1024 * 1024,
-                table_elements: 10_000,
-                output_bytes: 1_048_576,
-            }
-        );
-        assert_eq!(p.limits, Limits::default());
-        assert!(p.directories.is_empty());
-        assert!(p.environment.is_empty());
-        assert!(p.network.is_empty());
-        assert!(p.events.is_empty());
-        assert!(!p.log);
-        assert!(!p.allows_topic("echo.said"));
-        assert!(p
-            .network_grant_for(Scheme::Https, "example.com", 443)
-            .is_none());
-    }
-
-    #[test]
-    fn full_example_is_accepted() {
-        let p = ok(r#"
-            version = 1
-            description = "Echoes its input"
-            instance = "persistent"
-
-            [limits]
-            deadline-ms = 1500
-            memory-mib = 128
-            table-elements = 500
-            output-bytes = 0
-
-            [grants]
-            environment = ["LANG", "TZ"]
-            network = ["https://api.example.com", "http://127.0.0.1:8080"]
-            events = ["echo.*", "echo.said"]
-            log = true
-
-            [[grants.directories]]
-            host = "~/capbridge/files"
-            guest = "/files"
-            access = "read-only"
-
-            [[grants.directories]]
-            host = "/srv/data"
-            guest = "/data"
-            access = "read-write"
-            create = true
-        "#);
-        assert_eq!(p.description.as_deref(), Some("Echoes its input"));
-        assert_eq!(p.instance, InstanceMode::Persistent);
-        assert_eq!(p.limits.deadline, Duration::from_millis(1500));
-        assert_eq!(p.limits.memory_bytes, 128 << 20);
-        assert_eq!(p.limits.table_elements, 500);
-        assert_eq!(p.limits.output_bytes, 0);
-        assert_eq!(p.environment, ["LANG", "TZ"]);
-        assert_eq!(p.network.len(), 2);
-        assert_eq!(p.network[1].port, 8080);
-        assert_eq!(
-            p.events,
-            [
-                TopicPattern::Below("echo".into()),
-                TopicPattern::Exact("echo.said".into())
-            ]
-        );
-        assert!(p.log);
-        assert_eq!(
-            p.directories,
-            [
-                DirectoryGrant {
-                    host: PathBuf::from("/home/reviewer/capbridge/files"),
-                    guest: "/files".into(),
-                    access: Access::ReadOnly,
-                    create: false,
-                },
-                DirectoryGrant {
-                    host: PathBuf::from("/srv/data"),
-                    guest: "/data".into(),
-                    access: Access::ReadWrite,
-                    create: true,
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn version_is_required_and_must_be_1() {
-        assert!(syntax_error("").contains("missing field `version`"));
-        assert!(syntax_error("description = \"x\"").contains("version"));
-        assert_eq!(
-            problem("version = 2"),
-            "version: unsupported policy version 2; this capbridge reads version 1"
-        );
-        assert!(problem("version = 0").contains("unsupported policy version 0"));
-        // A newer file is reported by its version, not by the keys this version does not know.
-        assert!(
-            problem("version = 2\n[sandbox]\nnew = true").contains("unsupported policy version 2")
-        );
-        assert!(syntax_error("version = \"1\"").contains("version"));
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected_everywhere() {
-        let cases = [
-            ("version = 1\nnetwrok = []", "netwrok"),
-            ("version = 1\n[limits]\ncpu-ms = 5", "cpu-ms"),
-            ("version = 1\n[limits]\ndeadline_ms = 5", "deadline_ms"),
-            ("version = 1\n[grants]\nprocesses = [\"ls\"]", "processes"),
-            ("version = 1\n[grants]\nsockets = true", "sockets"),
-            (
-                "version = 1\n[[grants.directories]]\nhost = \"/a\"\nguest = \"/a\"\naccess = \"read-only\"\nfollow-symlinks = true",
-                "follow-symlinks",
-            ),
-            ("version = 1\n[deny]\nnetwork = []", "deny"),
-        ];
-        for (text, key) in cases {
-            let message = syntax_error(text);
-            assert!(
-                message.contains(&format!("unknown field `{key}`")),
-                "{message}"
-            );
-            assert!(message.contains("policy/echo.toml"), "{message}");
-            assert!(message.contains("line"), "{message}");
-        }
-    }
-
-    #[test]
-    fn wrong_types_and_values_are_syntax_errors() {
-        assert!(syntax_error("version = 1\ninstance = \"shared\"").contains("shared"));
-        assert!(syntax_error("version = 1\n[limits]\nmemory-mib = -1").contains("memory-mib"));
-        assert!(syntax_error("version = 1\n[grants]\nlog = \"yes\"").contains("log"));
-        assert!(
-            syntax_error("version = 1\n[grants]\nnetwork = \"https://a.com\"").contains("network")
-        );
-        let missing =
-            syntax_error("version = 1\n[[grants.directories]]\nhost = \"/a\"\nguest = \"/a\"");
-        assert!(missing.contains("missing field `access`"), "{missing}");
-        assert!(syntax_error(
-            "version = 1\n[[grants.directories]]\nhost = \"/a\"\nguest = \"/a\"\naccess = \"write\""
-        )
-        .contains("write"));
-        assert!(syntax_error("version = 1\nversion = 1").contains("duplicate"));
-        assert!(syntax_error("version = ").contains("line 1"));
-    }
-
-    #[test]
-    fn limits_are_range_checked() {
-        for (key, low, high, below, above) in [
-            ("deadline-ms", 1, 3_600_000, Some(0), 3_600_001),
-            ("memory-mib", 1, 4096, Some(0), 4097),
-            ("table-elements", 1, 1_000_000, Some(0), 1_000_001),
-            ("output-bytes", 0, 67_108_864, None, 67_108_865),
-        ] {
-            ok(&format!("version = 1\n[limits]\n{key} = {low}"));
-            ok(&format!("version = 1\n[limits]\n{key} = {high}"));
-            let message = problem(&format!("version = 1\n[limits]\n{key} = {above}"));
-            assert!(
-                message.starts_with(&format!("limits.{key}: {above} is out of range")),
-                "{message}"
-            );
-            if let Some(below) = below {
-                let message = problem(&format!("version = 1\n[limits]\n{key} = {below}"));
-                assert!(message.starts_with(&format!("limits.{key}: ")), "{message}");
-            }
-        }
-        let p = ok("version = 1\n[limits]\nmemory-mib = 4096\ndeadline-ms = 3600000");
-        assert_eq!(p.limits.memory_bytes, 4096 << 20);
-        assert_eq!(p.limits.deadline, Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn instance_modes() {
-        assert_eq!(
-            ok("version = 1\ninstance = \"fresh\"").instance,
-            InstanceMode::Fresh
-        );
-        assert_eq!(
-            ok("version = 1\ninstance = \"persistent\"").instance,
-            InstanceMode::Persistent
-        );
-    }
-
-    #[test]
-    fn home_is_expanded() {
-        let p = ok(&directory("~/capbridge/files", "/files"));
-        assert_eq!(
-            p.directories[0].host,
-            Path::new("/home/reviewer/capbridge/files")
-        );
-        let p = ok(&directory("~/", "/home"));
-        assert_eq!(p.directories[0].host, Path::new("/home/reviewer"));
-        assert_eq!(p.home.as_deref(), Some(Path::new(HOME)));
-    }
-
-    #[test]
-    fn parse_takes_home_from_the_environment() {
-        let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
-            return;
-        };
-        let text = directory("~/capbridge-test-no-such-dir", "/x");
-        let p = Policy::parse("echo", Path::new("policy/echo.toml"), &text).unwrap();
-        assert_eq!(
-            p.directories[0].host,
-            home.join("capbridge-test-no-such-dir")
-        );
-    }
-
-    #[test]
-    fn tilde_without_a_known_home_is_rejected() {
-        let err =
-            Policy::parse_with_home("echo", Path::new("p.toml"), &directory("~/x", "/x"), None)
-                .unwrap_err();
-        assert!(
-            err.to_string().contains("home directory is not known"),
-            "{err}"
-        );
-        let err = Policy::parse_with_home(
-            "echo",
-            Path::new("p.toml"),
-            &directory("~/x", "/x"),
-            Some(Path::new("relative/home")),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("home directory is not known"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn host_paths_must_be_absolute_or_home_relative() {
-        for host in [
-            "files",
-            "./files",
-            "../files",
-            "~user/files",
-            "~",
-            "~files",
-            "",
-        ] {
-            let message = problem(&directory(host, "/files"));
-            assert!(
-                message.starts_with("grants.directories[0].host: "),
-                "{message}"
-            );
-        }
-        assert!(problem(&directory("~bob/x", "/x")).contains("only ~/"));
-        assert!(problem(&directory("/srv/../etc", "/x")).contains(".."));
-        assert!(problem(&directory("~/../other", "/x")).contains(".."));
-        assert!(problem(&directory("/srv/a\0b", "/x")).contains("NUL"));
-    }
-
-    #[test]
-    fn host_paths_are_normalised_and_canonicalised_when_they_exist() {
-        let p = ok(&directory("/no-such-dir-capbridge//a/./b/", "/x"));
-        assert_eq!(
-            p.directories[0].host,
-            Path::new("/no-such-dir-capbridge/a/b")
-        );
-
-        let temp = tempfile::tempdir().unwrap();
-        let real = temp.path().join("real");
-        std::fs::create_dir(&real).unwrap();
-        let link = temp.path().join("link");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        let p = ok(&directory(link.to_str().unwrap(), "/x"));
-        assert_eq!(p.directories[0].host, std::fs::canonicalize(&real).unwrap());
-
-        let missing = temp.path().join("link").join("missing");
-        let p = ok(&directory(missing.to_str().unwrap(), "/x"));
-        assert_eq!(
-            p.directories[0].host, missing,
-            "a missing path is kept as written"
-        );
-    }
-
-    #[test]
-    fn guest_paths_must_be_absolute_and_normalised() {
-        for guest in ["/", "/files", "/a/b-c/d.e", "/..x", "/.hidden"] {
-            ok(&directory("/srv", guest));
-        }
-        for (guest, why) in [
-            ("files", "absolute"),
-            ("", "absolute"),
-            ("/files/", "end with '/'"),
-            ("/a//b", "'//'"),
-            ("/a/./b", "`.`"),
-            ("/a/../b", "`..`"),
-            ("/..", "`..`"),
-            ("/.", "`.`"),
-            ("/a\0", "NUL"),
-        ] {
-            let message = problem(&directory("/srv", guest));
-            assert!(
-                message.starts_with("grants.directories[0].guest: "),
-                "{message}"
-            );
-            assert!(message.contains(why), "{guest:?}: {message}");
-        }
-    }
-
-    #[test]
-    fn guest_paths_must_be_unique() {
-        let text = r#"
-            version = 1
-            [[grants.directories]]
-            host = "/a"
-            guest = "/files"
-            access = "read-only"
-            [[grants.directories]]
-            host = "/b"
-            guest = "/other"
-            access = "read-only"
-            [[grants.directories]]
-            host = "/c"
-            guest = "/files"
-            access = "read-write"
-        "#;
-        assert_eq!(
-            problem(text),
-            "grants.directories[2].guest: \"/files\" is already granted by an earlier directory"
-        );
-        // The same host at two guest paths is allowed.
-        ok(r#"
-            version = 1
-            [[grants.directories]]
-            host = "/a"
-            guest = "/one"
-            access = "read-only"
-            [[grants.directories]]
-            host = "/a"
-            guest = "/two"
-            access = "read-only"
-        "#);
-    }
-
-    #[test]
-    fn environment_names() {
-        let p = ok("version = 1\n[grants]\nenvironment = [\"LANG\", \"lower_case\", \"A1\"]");
-        assert_eq!(p.environment, ["LANG", "lower_case", "A1"]);
-        assert_eq!(
-            problem("version = 1\n[grants]\nenvironment = [\"\"]"),
-            "grants.environment[0]: must not be empty"
-        );
-        assert!(problem("version = 1\n[grants]\nenvironment = [\"A=B\"]")
-            .starts_with("grants.environment[0]: \"A=B\""));
-        assert!(problem("version = 1\n[grants]\nenvironment = [\"A\\u0000\"]").contains("NUL"));
-        assert_eq!(
-            problem("version = 1\n[grants]\nenvironment = [\"LANG\", \"TZ\", \"LANG\"]"),
-            "grants.environment[2]: \"LANG\" is listed twice"
-        );
-    }
-
-    #[test]
-    fn network_entries_are_checked_with_their_index() {
-        let message = problem(
-            "version = 1\n[grants]\nnetwork = [\"https://ok.example\", \"https://example.com/api\"]",
-        );
-        assert!(
-            message.starts_with("grants.network[1]: \"https://example.com/api\": "),
-            "{message}"
-        );
-        assert!(problem("version = 1\n[grants]\nnetwork = [\"ftp://x\"]")
-            .contains("only http and https"));
-        assert!(
-            problem("version = 1\n[grants]\nnetwork = [\"https://*.x.com\"]").contains("wildcard")
-        );
-    }
-
-    #[test]
-    fn event_patterns_are_checked_with_their_index() {
-        let p = ok("version = 1\n[grants]\nevents = [\"echo.*\", \"a.b\", \"*\"]");
-        assert_eq!(p.events.len(), 3);
-        for bad in ["", "Echo", "echo.", "a..b", "echo*", "*.x", "x.*.y"] {
-            let message = problem(&format!(
-                "version = 1\n[grants]\nevents = [\"ok\", {}]",
-                quoted(bad)
-            ));
-            assert!(message.starts_with("grants.events[1]: "), "{message}");
-        }
-    }
-
-    #[test]
-    fn every_problem_is_reported() {
-        let text = r#"
-            version = 1
-            [limits]
-            deadline-ms = 0
-            memory-mib = 9999
-            [grants]
-            environment = ["", "A=B"]
-            network = ["ftp://x", "https://ok.example"]
-            events = ["Bad"]
-            [[grants.directories]]
-            host = "relative"
-            guest = "not/absolute"
-            access = "read-only"
-        "#;
-        let all = problems(text);
-        let keys: Vec<&str> = all.iter().map(|p| p.split(':').next().unwrap()).collect();
-        assert_eq!(
-            keys,
-            [
-                "limits.deadline-ms",
-                "limits.memory-mib",
-                "grants.directories[0].host",
-                "grants.directories[0].guest",
-                "grants.environment[0]",
-                "grants.environment[1]",
-                "grants.network[0]",
-                "grants.events[0]",
-            ]
-        );
-        let err = parse(text).unwrap_err();
-        let shown = err.to_string();
-        assert!(
-            shown.starts_with("policy file policy/echo.toml is not valid:\n  limits.deadline-ms: "),
-            "{shown}"
-        );
-        assert_eq!(shown.lines().count(), 9, "{shown}");
-        assert_eq!(err.path(), Path::new("policy/echo.toml"));
-    }
-
-    #[test]
-    fn topics_are_allowed_by_any_matching_pattern() {
-        let p = ok("version = 1\n[grants]\nevents = [\"echo.*\", \"status\"]");
-        assert!(p.allows_topic("echo.said"));
-        assert!(p.allows_topic("echo.a.b"));
-        assert!(p.allows_topic("status"));
-        assert!(!p.allows_topic("echo"));
-        assert!(!p.allows_topic("echoes.x"));
-        assert!(!p.allows_topic("status.changed"));
-        assert!(!p.allows_topic("other"));
-        let all = ok("version = 1\n[grants]\nevents = [\"*\"]");
-        assert!(all.allows_topic("anything.at.all"));
-    }
-
-    #[test]
-    fn network_grant_lookup() {
-        let p = ok(
-            "version = 1\n[grants]\nnetwork = [\"https://api.example.com\", \"http://127.0.0.1:8080\"]",
-        );
-        let g = p
-            .network_grant_for(Scheme::Https, "API.EXAMPLE.COM", 443)
-            .unwrap();
-        assert_eq!(g.text, "https://api.example.com");
-        assert!(p
-            .network_grant_for(Scheme::Http, "api.example.com", 443)
-            .is_none());
-        assert!(p
-            .network_grant_for(Scheme::Https, "api.example.com", 80)
-            .is_none());
-        assert!(p
-            .network_grant_for(Scheme::Https, "example.com", 443)
-            .is_none());
-        let g = p
-            .network_grant_for(Scheme::Http, "127.0.0.1", 8080)
-            .unwrap();
-        assert_eq!(g.text, "http://127.0.0.1:8080");
-        assert!(p.network_grant_for(Scheme::Http, "127.0.0.1", 80).is_none());
-        assert!(p
-            .network_grant_for(Scheme::Https, "127.0.0.1", 8080)
-            .is_none());
-        assert!(p
-            .network_grant_for(Scheme::Http, "localhost", 8080)
-            .is_none());
-    }
-
-    #[test]
-    fn load_reads_the_file_and_names_it_in_errors() {
-        let temp = tempfile::tempdir().unwrap();
-        let path = temp.path().join("echo.toml");
-        std::fs::write(&path, "version = 1\n[grants]\nlog = true\n").unwrap();
-        let p = Policy::load("echo", &path).unwrap();
-        assert!(p.log);
-        assert_eq!(p.source, path);
-
-        let missing = temp.path().join("missing.toml");
-        let err = Policy::load("missing", &missing).unwrap_err();
-        assert!(matches!(err, PolicyError::Read { .. }));
-        assert!(
-            err.to_string().contains(&missing.display().to_string()),
-            "{err}"
-        );
-
-        std::fs::write(&path, "version = 1\nbogus = 1\n").unwrap();
-        let err = Policy::load("echo", &path).unwrap_err();
-        let shown = err.to_string();
-        assert!(shown.contains(&path.display().to_string()), "{shown}");
-        assert!(shown.contains("line 2"), "{shown}");
-        assert!(shown.contains("bogus"), "{shown}");
-    }
-
-    #[test]
-    fn awake_dialog_and_system_are_granted_only_when_written() {
-        let p = ok("version = 1");
-        assert!(!p.awake && !p.dialog && p.system.is_none());
-        let p = ok(
-            "version = 1\n[grants]\nawake = true\ndialog = true\n[grants.system]\nprograms = [\"git\", \"python3\", \"g++\"]\n",
-        );
-        assert!(p.awake && p.dialog);
-        assert_eq!(
-            p.system.unwrap().programs,
-            ["git", "python3", "g++"].map(String::from)
-        );
-        // An empty table grants the facts, and no program.
-        let p = ok("version = 1\n[grants.system]\n");
-        assert!(p.system.unwrap().programs.is_empty());
-    }
-
-    #[test]
-    fn pickers_are_not_for_persistent_components() {
-        let message = problem("version = 1\ninstance = \"persistent\"\n[grants]\ndialog = true\n");
-        assert!(message.starts_with("grants.dialog"), "{message}");
-        assert!(message.contains("persistent"), "{message}");
-        ok("version = 1\ninstance = \"persistent\"\n[grants]\nawake = true\n");
-    }
-
-    #[test]
-    fn system_programs_are_bare_file_names() {
-        for bad in ["", "..", ".", "bin/git", "/usr/bin/git", "a b", "x\u{0}"] {
-            let text = format!(
-                "version = 1\n[grants.system]\nprograms = [{}]\n",
-                quoted(bad)
-            );
-            let message = problem(&text);
-            assert!(
-                message.contains("grants.system.programs[0]"),
-                "{bad:?}: {message}"
-            );
-        }
-        let long = "a".repeat(65);
-        let text = format!(
-            "version = 1\n[grants.system]\nprograms = [{}]\n",
-            quoted(&long)
-        );
-        assert!(problem(&text).contains("not a program file name"));
-        assert!(syntax_error("version = 1\n[grants.system]\nprogram = []\n").contains("program"));
-    }
-
-    #[test]
-    fn explain_flags_pickers_and_programs() {
-        let p = ok("version = 1\n[grants]\nawake = true\ndialog = true\n[grants.system]\nprograms = [\"git\"]\n");
-        let explained = p.explain();
-        let risks: Vec<String> = explained.risks().map(|l| l.text.clone()).collect();
-        assert!(risks.iter().any(|r| r.contains("pickers")), "{risks:?}");
-        assert!(
-            risks
-                .iter()
-                .any(|r| r.contains("--version") && r.contains("git")),
-            "{risks:?}"
-        );
-        let p = ok("version = 1");
-        let not_granted = p.explain().not_granted.join("\n");
-        assert!(not_granted.contains("no sleep prevention"), "{not_granted}");
-        assert!(not_granted.contains("no native pickers"), "{not_granted}");
-        assert!(not_granted.contains("no system facts"), "{not_granted}");
-    }
-}
+#[path = "policy_tests.rs"]
+mod tests;

@@ -20,6 +20,7 @@ use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::WasiView;
 
 use crate::caps::capbridge::host as capbridge_host;
+use crate::caps::{self, Capability};
 use crate::state::HostState;
 
 /// Interfaces every component gets, by name without version.
@@ -47,52 +48,12 @@ pub const BASELINE: &[&str] = &[
     "capbridge:host/types",
 ];
 
-/// An interface beyond the baseline, and the policy key that grants it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Grantable {
-    /// `wasi:http/types` and `wasi:http/outgoing-handler`, by `grants.network`.
-    Network,
-    /// `capbridge:host/events`, by `grants.events`.
-    Events,
-    /// `capbridge:host/log`, by `grants.log`.
-    Log,
-    /// `capbridge:host/awake`, by `grants.awake`.
-    Awake,
-    /// `capbridge:host/dialog`, by `grants.dialog`.
-    Dialog,
-    /// `capbridge:host/system`, by `grants.system`.
-    System,
-}
-
-impl Grantable {
-    pub fn policy_key(self) -> &'static str {
-        match self {
-            Grantable::Network => "grants.network",
-            Grantable::Events => "grants.events",
-            Grantable::Log => "grants.log",
-            Grantable::Awake => "grants.awake",
-            Grantable::Dialog => "grants.dialog",
-            Grantable::System => "grants.system",
-        }
-    }
-
-    pub fn granted_by(self, policy: &Policy) -> bool {
-        match self {
-            Grantable::Network => !policy.network.is_empty(),
-            Grantable::Events => !policy.events.is_empty(),
-            Grantable::Log => policy.log,
-            Grantable::Awake => policy.awake,
-            Grantable::Dialog => policy.dialog,
-            Grantable::System => policy.system.is_some(),
-        }
-    }
-}
-
 /// How capbridge can satisfy one import.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum ImportKind {
     Baseline,
-    Grantable(Grantable),
+    /// Served by this capability, when the policy grants it.
+    Capability(&'static dyn Capability),
     /// capbridge provides no such interface (raw sockets, unknown packages).
     NotProvided,
 }
@@ -103,81 +64,77 @@ pub fn classify(import: &str) -> ImportKind {
     if BASELINE.contains(&name) {
         return ImportKind::Baseline;
     }
-    match name {
-        "wasi:http/types" | "wasi:http/outgoing-handler" => {
-            ImportKind::Grantable(Grantable::Network)
-        }
-        "capbridge:host/events" => ImportKind::Grantable(Grantable::Events),
-        "capbridge:host/log" => ImportKind::Grantable(Grantable::Log),
-        "capbridge:host/awake" => ImportKind::Grantable(Grantable::Awake),
-        "capbridge:host/dialog" => ImportKind::Grantable(Grantable::Dialog),
-        "capbridge:host/system" => ImportKind::Grantable(Grantable::System),
-        _ => ImportKind::NotProvided,
-    }
+    caps::ALL
+        .iter()
+        .find(|cap| cap.interfaces().contains(&name))
+        .map_or(ImportKind::NotProvided, |cap| ImportKind::Capability(*cap))
 }
 
-/// Why a component's imports cannot be satisfied under its policy: one line per import.
+/// Why a component's imports cannot be satisfied under its policy: one sentence per reason,
+/// naming every import it applies to.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.join("; "))]
 pub struct ImportRefusal {
     pub problems: Vec<String>,
 }
 
-/// Checks every import of `component_id` against its policy.
+/// Checks every import of `component_id` against its policy. Imports refused for the same
+/// reason (seven `wasi:sockets/*` interfaces) share one sentence.
 pub fn check_imports<'a>(
     policy: &Policy,
     imports: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), ImportRefusal> {
-    let problems: Vec<String> = imports
-        .into_iter()
-        .filter_map(|import| match classify(import) {
-            ImportKind::Baseline => None,
-            ImportKind::Grantable(g) if g.granted_by(policy) => None,
-            ImportKind::Grantable(g) => Some(format!(
-                "component `{}` imports `{import}`, which {} does not grant (it needs `{}`)",
-                policy.component_id,
+    let mut reasons: Vec<(String, Vec<&str>)> = Vec::new();
+    for import in imports {
+        let why = match classify(import) {
+            ImportKind::Baseline => continue,
+            ImportKind::Capability(cap) if cap.granted_by(policy) => continue,
+            ImportKind::Capability(cap) => format!(
+                "{} does not grant (it needs `grants.{}`)",
                 policy.source.display(),
-                g.policy_key()
-            )),
-            ImportKind::NotProvided => Some(format!(
-                "component `{}` imports `{import}`, which capbridge does not provide to components{}",
-                policy.component_id,
+                cap.key()
+            ),
+            ImportKind::NotProvided => format!(
+                "capbridge does not provide to components{}",
                 if import.starts_with("wasi:sockets/") {
                     " (raw sockets cannot be granted; use wasi:http with a `grants.network` entry)"
                 } else {
                     ""
                 }
-            )),
+            ),
+        };
+        match reasons.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, imports)) => imports.push(import),
+            None => reasons.push((why, vec![import])),
+        }
+    }
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    let problems = reasons
+        .into_iter()
+        .map(|(why, imports)| {
+            let list: Vec<String> = imports.iter().map(|i| format!("`{i}`")).collect();
+            let count = match imports.len() {
+                1 => String::new(),
+                n => format!(" ({n} interfaces)"),
+            };
+            format!(
+                "component `{}` imports {}{count}, which {why}",
+                policy.component_id,
+                list.join(", ")
+            )
         })
         .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ImportRefusal { problems })
-    }
+    Err(ImportRefusal { problems })
 }
 
 /// A linker with the baseline and exactly the interfaces `policy` grants.
 pub fn granted_linker(engine: &Engine, policy: &Policy) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     link_baseline(&mut linker)?;
-    if Grantable::Network.granted_by(policy) {
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    }
-    if Grantable::Events.granted_by(policy) {
-        capbridge_host::events::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    }
-    if Grantable::Log.granted_by(policy) {
-        capbridge_host::log::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    }
-    if Grantable::Awake.granted_by(policy) {
-        capbridge_host::awake::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    }
-    if Grantable::Dialog.granted_by(policy) {
-        capbridge_host::dialog::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    }
-    if Grantable::System.granted_by(policy) {
-        capbridge_host::system::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    for cap in caps::ALL.iter().filter(|cap| cap.granted_by(policy)) {
+        cap.add_to_linker(&mut linker)?;
     }
     Ok(linker)
 }
@@ -217,4 +174,42 @@ struct HasIo;
 
 impl HasData for HasIo {
     type Data<'a> = &'a mut ResourceTable;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_refused_for_one_reason_share_one_sentence() {
+        let policy = Policy::parse(
+            "probe",
+            std::path::Path::new("policy/probe.toml"),
+            "version = 1\n[grants]\nlog = true\n",
+            &caps::grant_kinds(),
+        )
+        .unwrap();
+        let refusal = check_imports(
+            &policy,
+            [
+                "wasi:io/streams@0.2.6",
+                "wasi:sockets/tcp@0.2.6",
+                "capbridge:host/events@0.1.0",
+                "capbridge:host/log@0.1.0",
+                "wasi:sockets/udp@0.2.6",
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            refusal.problems,
+            [
+                "component `probe` imports `wasi:sockets/tcp@0.2.6`, `wasi:sockets/udp@0.2.6` \
+                 (2 interfaces), which capbridge does not provide to components (raw sockets \
+                 cannot be granted; use wasi:http with a `grants.network` entry)",
+                "component `probe` imports `capbridge:host/events@0.1.0`, which \
+                 policy/probe.toml does not grant (it needs `grants.events`)",
+            ]
+        );
+        assert!(check_imports(&policy, ["capbridge:host/log@0.1.0"]).is_ok());
+    }
 }

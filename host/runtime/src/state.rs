@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use capbridge_policy::{Access, Policy};
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -18,7 +18,7 @@ use crate::caps::Services;
 use crate::output::CappedOutput;
 
 /// What the capbridge interfaces of a store act on: the policy that scopes them, the bus, the
-/// host-wide services, and the contract session the call is made for.
+/// capabilities' host-wide services, and the contract session the call is made for.
 pub struct Grants {
     pub policy: Arc<Policy>,
     pub events: EventBus,
@@ -33,10 +33,52 @@ pub struct HostState {
     http: WasiHttpCtx,
     network: NetworkHooks,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: Limits,
     pub(crate) grants: Grants,
     pub(crate) stdout: CappedOutput,
     pub(crate) stderr: CappedOutput,
+}
+
+/// The store's limits (memory and tables from the policy), remembering whether a memory growth
+/// was refused: a guest that runs out usually aborts with `unreachable`, and the caller should
+/// hear that the memory limit was the cause.
+pub(crate) struct Limits {
+    inner: StoreLimits,
+    pub(crate) memory_refused: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        self.memory_refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
 }
 
 /// Clocks and randomness fixed for replay: the same seed and start give the same values in
@@ -82,27 +124,9 @@ impl HostState {
                     anyhow::anyhow!("opening granted directory {}: {e}", dir.host.display())
                 })?;
         }
-        // What a person picked for this session, and only for it.
-        let picks = if policy.dialog {
-            services.dialog.preopens(session, &policy.component_id)
-        } else {
-            Vec::new()
-        };
-        for pick in picks {
-            let perms = match pick.access {
-                Access::ReadOnly => FsPerms::ReadOnly,
-                Access::ReadWrite => FsPerms::ReadWrite,
-            };
-            // A picked folder that went away (deleted, unmounted) is left out, not fatal: the
-            // granted directories still work.
-            if let Err(e) = wasi.preopened_dir(&pick.host_path, &pick.guest_path, perms) {
-                tracing::warn!(
-                    target: "capbridge::dialog",
-                    component = %policy.component_id,
-                    path = %pick.host_path.display(),
-                    "picked directory not mounted: {e}"
-                );
-            }
+        // What the granted capabilities add for this session (a person's picks).
+        for service in services.granted_to(&policy) {
+            service.prepare_store(&policy, session, &mut wasi);
         }
         if let Some(determinism) = determinism {
             let seed = determinism.seed.to_le_bytes().to_vec();
@@ -112,10 +136,13 @@ impl HostState {
                 .wall_clock(ReplayWallClock::new(determinism.wall_clock_start))
                 .monotonic_clock(ReplayMonotonicClock::default());
         }
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(policy.limits.memory_bytes).unwrap_or(usize::MAX))
-            .table_elements(policy.limits.table_elements as usize)
-            .build();
+        let limits = Limits {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(policy.limits.memory_bytes).unwrap_or(usize::MAX))
+                .table_elements(policy.limits.table_elements as usize)
+                .build(),
+            memory_refused: false,
+        };
         Ok(Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),

@@ -5,13 +5,16 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
-use serde::{Deserialize, Serialize};
+use axum::{Extension, Json};
+use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
+use utoipa_axum::routes;
+
+use capbridge_runtime::caps::awake::{AwakeStatus, Hold};
 
 use super::capability::call;
+use super::{RouteModule, Routes, Tier};
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::security::SessionId;
 use crate::Shared;
@@ -19,33 +22,19 @@ use crate::Shared;
 /// The component these routes call.
 pub const COMPONENT: &str = "awake";
 
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/awake/status", get(status))
-        .route("/api/v1/awake/acquire", post(acquire))
-        .route("/api/v1/awake/release", post(release))
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Hold {
-    pub id: String,
-    pub reason: String,
-    /// The component that took it.
-    pub component: String,
-    /// The session that holds it.
-    pub session: Option<u64>,
-    /// Milliseconds since the Unix epoch.
-    pub acquired_at_ms: u64,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AwakeStatus {
-    /// Whether sleep is prevented right now (while any hold remains).
-    pub active: bool,
-    pub holds: Vec<Hold>,
-}
+pub const MODULE: RouteModule = RouteModule {
+    capabilities: &["awake"],
+    component: Some(COMPONENT),
+    routes: || {
+        vec![(
+            Tier::SessionOwnDeadline,
+            Routes::new()
+                .routes(routes!(status))
+                .routes(routes!(acquire))
+                .routes(routes!(release)),
+        )]
+    },
+};
 
 /// Whether sleep is prevented, and every hold of every session.
 #[utoipa::path(get, path = "/api/v1/awake/status", tag = "awake", security(("token" = [])),

@@ -4,29 +4,39 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 
+use super::{RouteModule, Routes, Tier, MODULES, UNAVAILABLE};
 use crate::config::Mode;
 use crate::connlog::Connection;
 use crate::error::ErrorBody;
 use crate::{Shared, APP_VERSION, PROTOCOL_VERSION};
 
-pub fn public() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/openapi.json", get(openapi))
-}
-
-pub fn authenticated() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/bridge/info", get(info))
-        .route("/api/v1/capabilities", get(capabilities))
-        .route("/api/v1/bridge/runtime", get(runtime))
-        .route("/api/v1/bridge/connections", get(connections))
-}
+pub const MODULE: RouteModule = RouteModule {
+    capabilities: &["health", "version"],
+    component: None,
+    routes: || {
+        vec![
+            (
+                Tier::Public,
+                Routes::new()
+                    .routes(routes!(health))
+                    .routes(routes!(openapi)),
+            ),
+            (
+                Tier::Session,
+                Routes::new()
+                    .routes(routes!(info))
+                    .routes(routes!(capabilities))
+                    .routes(routes!(runtime))
+                    .routes(routes!(connections)),
+            ),
+        ]
+    },
+};
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -108,32 +118,18 @@ pub struct Unavailable {
 }
 
 /// Capabilities of seed 000 and whether this bridge has them.
-const CAPABILITIES: &[(&str, Option<&str>)] = &[
-    ("health", None),
-    ("version", None),
-    ("commands", None),
-    ("mcp_proxy", Some("not supported yet")),
-    ("filesystem", None),
-    ("awake", None),
-    ("system_info", None),
-    ("system_tools", None),
-    ("tool_install_recipes", None),
-    ("command_permissions", Some("not supported yet")),
-    ("tray_mode", Some("the headless bridge has no tray")),
-];
-
+// What the registered route modules provide, then what this bridge does not provide yet.
 #[utoipa::path(get, path = "/api/v1/capabilities", tag = "bridge", security(("token" = [])),
     responses((status = 200, body = Capabilities), (status = 401, body = ErrorBody)))]
 pub async fn capabilities() -> Json<Capabilities> {
     Json(Capabilities {
-        capabilities: CAPABILITIES
+        capabilities: MODULES
             .iter()
-            .filter(|(_, why)| why.is_none())
-            .map(|(name, _)| *name)
+            .flat_map(|module| module.capabilities.iter().copied())
             .collect(),
-        unavailable: CAPABILITIES
+        unavailable: UNAVAILABLE
             .iter()
-            .filter_map(|(name, why)| why.map(|reason| Unavailable { name, reason }))
+            .map(|&(name, reason)| Unavailable { name, reason })
             .collect(),
     })
 }

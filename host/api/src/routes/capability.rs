@@ -3,8 +3,6 @@
 //! component for the request's session, and maps the component's `capbridge:host/types.error`
 //! to an HTTP status. The component does the work, within what its policy grants.
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
 use capbridge_runtime::{CallError, CallOptions};
 use serde::de::DeserializeOwned;
@@ -138,22 +136,6 @@ fn camel(key: &str) -> String {
         }
     }
     out
-}
-
-/// How often ended sessions are looked for, to forget their picks and release their holds.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Releases the sleep-prevention holds and forgets the picks of every session that has ended
-/// (expired, or dropped for a newer one).
-pub async fn sweep_ended_sessions(shared: &Shared) {
-    let services = shared.runtime.services();
-    let ended = |session: u64| !shared.sessions.is_live(session);
-    // Picks first: releasing holds may wait on D-Bus.
-    let forgotten = services.dialog.forget_where(ended);
-    let released = services.awake.release_where(ended).await;
-    if released + forgotten > 0 {
-        tracing::info!(target: "capbridge::api", released, forgotten, "ended sessions cleaned up");
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
+use utoipa_axum::routes;
+
+use super::{RouteModule, Routes, Tier};
 use capbridge_runtime::{CallError, CallOptions, ComponentStatus, Runtime};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,13 +20,19 @@ use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::security::SessionId;
 use crate::Shared;
 
-pub fn listing() -> Router<Arc<Shared>> {
-    Router::new().route("/api/v1/commands", get(list))
-}
-
-pub fn invocation() -> Router<Arc<Shared>> {
-    Router::new().route("/api/v1/commands/{name}/invoke", post(invoke))
-}
+pub const MODULE: RouteModule = RouteModule {
+    capabilities: &["commands"],
+    component: None,
+    routes: || {
+        vec![
+            (Tier::Session, Routes::new().routes(routes!(list))),
+            (
+                Tier::SessionOwnDeadline,
+                Routes::new().routes(routes!(invoke)),
+            ),
+        ]
+    },
+};
 
 /// One invokable command: `<component>.<export>`.
 #[derive(Clone, Debug, Serialize, ToSchema)]

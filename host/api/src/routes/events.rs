@@ -9,8 +9,9 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::routes;
+
+use super::{RouteModule, Routes, Tier};
 use capbridge_runtime::caps::events::Event;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -23,9 +24,11 @@ use crate::{Shared, BRIDGE_SOURCE, PROTOCOL_VERSION};
 /// Close code sent when the session expires (application range 4000–4999).
 pub const CLOSE_SESSION_EXPIRED: u16 = 4001;
 
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new().route("/ws/v1/events", get(upgrade))
-}
+pub const MODULE: RouteModule = RouteModule {
+    capabilities: &[],
+    component: None,
+    routes: || vec![(Tier::Socket, Routes::new().routes(routes!(upgrade)))],
+};
 
 /// Every message on the event socket.
 #[derive(Debug, Serialize, ToSchema)]

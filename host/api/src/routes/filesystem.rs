@@ -4,15 +4,17 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use capbridge_runtime::caps::dialog::PickKind;
+use capbridge_runtime::caps::PathOrigin;
 use capbridge_runtime::policy::Access;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::capability::call;
+use super::{RouteModule, Routes, Tier};
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::security::SessionId;
 use crate::Shared;
@@ -20,13 +22,20 @@ use crate::Shared;
 /// The component these routes call.
 pub const COMPONENT: &str = "filesystem";
 
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/filesystem/targets", get(targets))
-        .route("/api/v1/filesystem/select", post(select))
-        .route("/api/v1/filesystem/read", post(read))
-        .route("/api/v1/filesystem/write", post(write))
-}
+pub const MODULE: RouteModule = RouteModule {
+    capabilities: &["filesystem"],
+    component: Some(COMPONENT),
+    routes: || {
+        vec![(
+            Tier::SessionOwnDeadline,
+            Routes::new()
+                .routes(routes!(targets))
+                .routes(routes!(select))
+                .routes(routes!(read))
+                .routes(routes!(write)),
+        )]
+    },
+};
 
 #[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -97,49 +106,42 @@ pub async fn targets(
     State(shared): State<Arc<Shared>>,
     Extension(session): Extension<SessionId>,
 ) -> Result<Json<Targets>, ApiError> {
-    let policy = shared
-        .runtime
-        .component(COMPONENT)
-        .and_then(|c| c.policy.clone())
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "capability_unavailable",
-                format!("no component `{COMPONENT}` with a valid policy is installed"),
-            )
-        })?;
-    // A target is one path segment (`/workspace` → `workspace`); a grant mounted deeper is no
-    // target of these routes.
-    let granted = policy
-        .directories
-        .iter()
-        .filter(|dir| {
-            let name = dir.guest.trim_start_matches('/');
-            !name.is_empty() && !name.contains('/')
-        })
-        .map(|dir| Target {
-            name: dir.guest.trim_start_matches('/').to_string(),
-            path: dir.host.display().to_string(),
-            access: dir.access.into(),
-            kind: TargetKind::Granted,
-        });
-    let picked = shared
-        .runtime
-        .services()
-        .dialog
-        .picks_of(session.0, COMPONENT)
+    let paths = shared.runtime.paths(COMPONENT, session.0).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "capability_unavailable",
+            format!("no component `{COMPONENT}` with a valid policy is installed"),
+        )
+    })?;
+    let targets = paths
         .into_iter()
-        .map(|pick| {
-            Target::picked(
-                &pick.id.to_string(),
-                pick.host_path.display().to_string(),
-                pick.access.into(),
-                pick.kind,
-            )
-        });
-    Ok(Json(Targets {
-        targets: granted.chain(picked).collect(),
-    }))
+        .filter_map(|path| {
+            let kind = match path.origin {
+                PathOrigin::Policy => TargetKind::Granted,
+                PathOrigin::PickedDirectory => TargetKind::Picked,
+                PathOrigin::PickedFile => TargetKind::PickedFile,
+            };
+            // A granted target is one path segment (`/workspace` → `workspace`); a grant mounted
+            // deeper is no target of these routes.
+            let name = match kind {
+                TargetKind::Granted => {
+                    let name = path.name.trim_start_matches('/');
+                    if name.is_empty() || name.contains('/') {
+                        return None;
+                    }
+                    name.to_string()
+                }
+                TargetKind::Picked | TargetKind::PickedFile => path.name,
+            };
+            Some(Target {
+                name,
+                path: path.host_path.display().to_string(),
+                access: path.access.into(),
+                kind,
+            })
+        })
+        .collect();
+    Ok(Json(Targets { targets }))
 }
 
 #[derive(Deserialize, ToSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,4 +1,10 @@
 //! The contract's routes, and the strict handling of everything else.
+//!
+//! Each route is declared once, in its module: its path, method and OpenAPI entry come from the
+//! handler's `#[utoipa::path]`, and utoipa-axum's `routes!` adds handler and document entry
+//! together. [`MODULES`] is the one list of route modules: the router, the OpenAPI document, the
+//! list of paths ([`routes`]), the contract's capability list and the components the contract
+//! is a face of all come from it.
 
 pub mod awake;
 pub mod bridge;
@@ -9,42 +15,75 @@ pub mod filesystem;
 pub mod session;
 pub mod system;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::any;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::Shared;
 
-/// Every path this bridge answers, canonical form (`{x}`: one segment).
-pub const ROUTES: &[&str] = &[
-    "/api/v1/health",
-    "/api/v1/openapi.json",
-    "/api/v1/session/handshake",
-    "/api/v1/session/refresh",
-    "/api/v1/bridge/info",
-    "/api/v1/bridge/runtime",
-    "/api/v1/bridge/connections",
-    "/api/v1/capabilities",
-    "/api/v1/commands",
-    "/api/v1/commands/{name}/invoke",
-    "/api/v1/filesystem/targets",
-    "/api/v1/filesystem/select",
-    "/api/v1/filesystem/read",
-    "/api/v1/filesystem/write",
-    "/api/v1/awake/status",
-    "/api/v1/awake/acquire",
-    "/api/v1/awake/release",
-    "/api/v1/system/info",
-    "/api/v1/system/tools",
-    "/api/v1/system/tools/locate",
-    "/api/v1/system/tools/recipes",
-    "/api/v1/system/tools/recipes/resolve",
-    "/ws/v1/events",
+/// Where a group of routes sits in the request path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// No session needed; under the request timeout (health, handshake).
+    Public,
+    /// A session is needed; under the request timeout.
+    Session,
+    /// A session is needed; the call has its own deadline (invocations, capability routes:
+    /// 504 from the command timeout and the component's policy).
+    SessionOwnDeadline,
+    /// Authenticates itself and lives as long as its session (the event WebSocket).
+    Socket,
+}
+
+/// Routes of one tier, each added with `routes!` so its OpenAPI entry comes along.
+pub type Routes = OpenApiRouter<Arc<Shared>>;
+
+/// One module of routes, as registered in [`MODULES`].
+pub struct RouteModule {
+    /// The contract's capability names it provides (`GET /api/v1/capabilities`).
+    pub capabilities: &'static [&'static str],
+    /// The component whose exports it is a face of, if any.
+    pub component: Option<&'static str>,
+    /// Its routes, by tier.
+    pub routes: fn() -> Vec<(Tier, Routes)>,
+}
+
+/// Every module of routes. A capability's route module is one line here.
+pub const MODULES: &[RouteModule] = &[
+    bridge::MODULE,
+    session::MODULE,
+    commands::MODULE,
+    events::MODULE,
+    filesystem::MODULE,
+    awake::MODULE,
+    system::MODULE,
+    NOT_SUPPORTED_MODULE,
 ];
+
+/// Every path this bridge serves, canonical form (`{x}`: one segment), as the registered
+/// modules declare them (the contract's routes it answers with 501 are [`NOT_SUPPORTED`]).
+pub fn routes() -> &'static [String] {
+    static ROUTES: LazyLock<Vec<String>> =
+        LazyLock::new(|| crate::openapi::document().paths.paths.into_keys().collect());
+    &ROUTES
+}
+
+/// Capabilities of seed 000 that this bridge does not provide, with why.
+pub const UNAVAILABLE: &[(&str, &str)] = &[
+    ("mcp_proxy", "not supported yet"),
+    ("command_permissions", "not supported yet"),
+    ("tray_mode", "the headless bridge has no tray"),
+];
+
+const NOT_SUPPORTED_MODULE: RouteModule = RouteModule {
+    capabilities: &[],
+    component: None,
+    routes: || vec![(Tier::Session, not_supported())],
+};
 
 /// Routes of the seed-000 contract this bridge does not provide yet: they answer 501
 /// `not_supported` (after the session check) rather than pretending.
@@ -65,8 +104,8 @@ pub const NOT_SUPPORTED: &[&str] = &[
     "/api/v1/system/permissions/prompts/{requestId}/resolve",
 ];
 
-pub fn not_supported() -> Router<Arc<Shared>> {
-    NOT_SUPPORTED.iter().fold(Router::new(), |router, path| {
+fn not_supported() -> Routes {
+    NOT_SUPPORTED.iter().fold(Routes::new(), |router, path| {
         router.route(path, any(not_supported_handler))
     })
 }
@@ -118,14 +157,17 @@ pub fn canonical(path: &str) -> Option<String> {
 
 fn is_route(path: &str) -> bool {
     let wanted: Vec<&str> = path.split('/').collect();
-    ROUTES.iter().chain(NOT_SUPPORTED).any(|route| {
-        let parts: Vec<&str> = route.split('/').collect();
-        parts.len() == wanted.len()
-            && parts
-                .iter()
-                .zip(&wanted)
-                .all(|(p, w)| p.starts_with('{') || p == w)
-    })
+    let documented = routes().iter().map(String::as_str);
+    documented
+        .chain(NOT_SUPPORTED.iter().copied())
+        .any(|route| {
+            let parts: Vec<&str> = route.split('/').collect();
+            parts.len() == wanted.len()
+                && parts
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(p, w)| p.starts_with('{') || p == w)
+        })
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::routes;
+
+use super::{RouteModule, Routes, Tier};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -13,11 +15,18 @@ use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::session::Issued;
 use crate::{Shared, PROTOCOL_VERSION};
 
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/session/handshake", post(handshake))
-        .route("/api/v1/session/refresh", post(refresh))
-}
+pub const MODULE: RouteModule = RouteModule {
+    capabilities: &[],
+    component: None,
+    routes: || {
+        vec![(
+            Tier::Public,
+            Routes::new()
+                .routes(routes!(handshake))
+                .routes(routes!(refresh)),
+        )]
+    },
+};
 
 /// Optional facts about the client, shown in the status window's log.
 #[derive(Debug, Default, Deserialize, ToSchema)]

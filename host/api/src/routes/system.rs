@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::capability::call;
+use super::{RouteModule, Routes, Tier};
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::security::SessionId;
 use crate::Shared;
@@ -19,14 +20,21 @@ use crate::Shared;
 /// The component these routes call.
 pub const COMPONENT: &str = "system";
 
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/v1/system/info", get(info))
-        .route("/api/v1/system/tools", get(tools))
-        .route("/api/v1/system/tools/locate", post(locate))
-        .route("/api/v1/system/tools/recipes", get(recipes))
-        .route("/api/v1/system/tools/recipes/resolve", post(resolve))
-}
+pub const MODULE: RouteModule = RouteModule {
+    capabilities: &["system_info", "system_tools", "tool_install_recipes"],
+    component: Some(COMPONENT),
+    routes: || {
+        vec![(
+            Tier::SessionOwnDeadline,
+            Routes::new()
+                .routes(routes!(info))
+                .routes(routes!(tools))
+                .routes(routes!(locate))
+                .routes(routes!(recipes))
+                .routes(routes!(resolve)),
+        )]
+    },
+};
 
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

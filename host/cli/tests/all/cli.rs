@@ -173,6 +173,33 @@ fn component_call_prints_the_json_result() {
     );
 }
 
+/// `component call` loads only the component it calls: another component that cannot load (no
+/// policy, an ungranted import) is not its business and is not mentioned.
+#[test]
+fn component_call_loads_only_the_component_called() {
+    let fx = Fixture::new();
+    shipped_echo(&fx);
+    fx.add("events-probe", &program("events-probe"), Some(&policy("")));
+    fx.add("no-policy", &program("sandbox-probe"), None);
+    let out = capbridge(
+        &fx,
+        &["component", "call", "echo", "reverse", r#"{"text":"abc"}"#],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).trim(), "\"cba\"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for other in ["events-probe", "no-policy", "not loaded"] {
+        assert!(!stderr.contains(other), "{other} in:\n{stderr}");
+    }
+    // Calling a component that is not there still says so.
+    let out = capbridge(&fx, &["component", "call", "nope", "run"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no component named `nope`"),
+        "{out:?}"
+    );
+}
+
 fn with_config(fx: &Fixture, config: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_capbridge"));
     command
@@ -233,6 +260,51 @@ fn serve_prints_its_address_answers_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l == "capbridge: stopped"), "{rest:?}");
+}
+
+/// `serve` knows its port before any component loads: a network grant that reaches it does not
+/// load (a component must not become a client of the contract it serves).
+#[test]
+fn serve_refuses_a_network_grant_to_its_own_port() {
+    use std::io::BufRead as _;
+    let fx = Fixture::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fx.add(
+        "net-probe",
+        &program("net-probe"),
+        Some(&policy(&format!(
+            "[grants]\nnetwork = [\"http://127.0.0.1:{port}\"]"
+        ))),
+    );
+    let config = fx.path().join("config/config.toml");
+    let mut child = with_config(&fx, &config)
+        .args(["serve", "--port", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("serve prints its address").unwrap();
+    assert_eq!(
+        first,
+        format!("capbridge listening on http://127.0.0.1:{port}")
+    );
+    let second = lines.next().expect("a summary line").unwrap();
+    assert!(second.contains("0 of 1 components loaded"), "{second}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("bridge's own port {port}")),
+        "{stderr}"
+    );
 }
 
 #[test]

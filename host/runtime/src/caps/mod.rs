@@ -1,8 +1,20 @@
-//! The host side of each capbridge interface in `wit/host.wit`, one module per interface, plus
-//! the outbound-network check that `wasi:http` calls go through.
+//! Capabilities: each host interface a policy can grant is one unit, in one module here.
 //!
-//! Each module implements the generated `Host` trait for [`HostState`](crate::state::HostState);
-//! [`crate::linker`] decides which of them a component's linker gets.
+//! A unit ([`Capability`]) alone declares
+//! - the WIT interfaces it serves ([`Capability::interfaces`]),
+//! - its key under `[grants]`: how the value is read and checked, its part of the JSON Schema,
+//!   what `policy explain` says about it and its risk (the [`GrantKind`] half),
+//! - how it links into a component's linker ([`Capability::add_to_linker`]),
+//! - its host-wide state, if it has any ([`Capability::start`] → a [`Service`]): what that adds to
+//!   a new store, the host paths it opens to a session, and what happens when a session ends
+//!   and when the host stops.
+//!
+//! [`ALL`] is the one registry: the import classifier, the linker, the policy reader and its
+//! schema, `component list`, the generated grant tables in the docs, and the runtime's session
+//! and shutdown hooks all iterate it. Nothing outside a unit names a specific capability.
+//!
+//! Adding a capability: a module here, its interface in `wit/host.wit` (and the `imports` line of
+//! `bindgen!` below when it is async), and one line in [`ALL`] (see docs/architecture.md).
 
 pub mod awake;
 pub mod dialog;
@@ -10,6 +22,20 @@ pub mod events;
 pub mod log;
 pub mod network;
 pub mod system;
+
+use std::any::Any;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use capbridge_policy::{Access, Grant, GrantKind, Policy};
+use futures_util::future::BoxFuture;
+use wasmtime::component::Linker;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::own_files::OwnFiles;
+use crate::runtime::RuntimeConfig;
+use crate::state::HostState;
+use events::EventBus;
 
 wasmtime::component::bindgen!({
     path: "../../wit",
@@ -27,14 +53,174 @@ wasmtime::component::bindgen!({
 
 pub use capbridge::host::types::Error as GuestError;
 
-/// The host-wide services behind the capbridge interfaces that keep state across calls.
-#[derive(Clone)]
-pub struct Services {
-    pub awake: awake::AwakeService,
-    pub dialog: dialog::DialogService,
+impl capbridge::host::types::Host for HostState {}
+
+/// Every capability, in the order policies are explained and documented.
+pub static ALL: &[&dyn Capability] = &[
+    &network::Network,
+    &events::Events,
+    &log::Log,
+    &awake::Awake,
+    &dialog::Dialog,
+    &system::System,
+];
+
+/// The policy halves of [`ALL`], for reading policy files.
+pub fn grant_kinds() -> Vec<&'static dyn GrantKind> {
+    ALL.iter().map(|c| *c as &dyn GrantKind).collect()
 }
 
-impl capbridge::host::types::Host for crate::state::HostState {}
+/// The JSON Schema of a policy file with every capability's grant
+/// (`policy/policy.schema.json`).
+pub fn policy_schema() -> serde_json::Value {
+    capbridge_policy::schema(&grant_kinds())
+}
+
+/// Reads and checks the policy file of `component_id` with every capability's grant.
+pub fn load_policy(
+    component_id: &str,
+    path: &std::path::Path,
+) -> Result<Policy, capbridge_policy::PolicyError> {
+    Policy::load(component_id, path, &grant_kinds())
+}
+
+/// The capabilities as rows of a Markdown table (`| key | interfaces | allows | without it |`),
+/// for the grant tables in docs/policy.md and docs/components.md.
+pub fn grant_table() -> String {
+    let mut table = String::from(
+        "| grant | linked when granted | lets the component | without it |\n|---|---|---|---|\n",
+    );
+    for cap in ALL {
+        let interfaces: Vec<String> = cap.interfaces().iter().map(|i| format!("`{i}`")).collect();
+        table.push_str(&format!(
+            "| `grants.{}` | {} | {} | {} |\n",
+            cap.key(),
+            interfaces.join(", "),
+            cap.summary(),
+            cap.not_granted()
+        ));
+    }
+    table
+}
+
+/// One host interface a policy can grant.
+pub trait Capability: GrantKind {
+    /// The WIT interfaces it serves, by name without version (`capbridge:host/awake`).
+    fn interfaces(&self) -> &'static [&'static str];
+
+    /// One sentence for the docs' grant tables: what granting it lets a component do.
+    fn summary(&self) -> &'static str;
+
+    /// Adds its interfaces to a component's linker; called only when the policy grants it.
+    fn add_to_linker(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()>;
+
+    /// Creates its host-wide state, once per runtime; `None` for a stateless capability.
+    fn start(&self, _host: &HostContext<'_>) -> Option<Arc<dyn Service>> {
+        None
+    }
+
+    /// Refuses a grant that reaches capbridge's own files or port (checked at load).
+    fn check_own_files(&self, _policy: &Policy, _own_files: &OwnFiles) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether `policy` grants it.
+    fn granted_by(&self, policy: &Policy) -> bool {
+        policy.grants_key(self.key())
+    }
+}
+
+/// What a capability's host-wide state is created from.
+pub struct HostContext<'a> {
+    pub config: &'a RuntimeConfig,
+    pub events: &'a EventBus,
+    /// capbridge's own files and port: what no grant or pick may reach.
+    pub own_files: &'a OwnFiles,
+}
+
+/// The host-wide state of one capability, shared by every store of the runtime.
+pub trait Service: Any + Send + Sync {
+    /// Adds to a new store of `policy`'s component, made for `session`, what this capability
+    /// gives it (a picked directory mounted for that session). Called only when the policy
+    /// grants the capability.
+    fn prepare_store(&self, _policy: &Policy, _session: Option<u64>, _wasi: &mut WasiCtxBuilder) {}
+
+    /// The host paths this capability opens to `component` for `session` beyond its policy.
+    fn paths(&self, _component: &str, _session: u64) -> Vec<GrantedPath> {
+        Vec::new()
+    }
+
+    /// Gives back what `session` held (it ended or expired).
+    fn end_session(&self, _session: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// Gives back everything: the host is stopping.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A host path a component can reach, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantedPath {
+    /// What names it: the guest path of a granted directory (`/workspace`), or `picked-<id>`.
+    pub name: String,
+    pub host_path: PathBuf,
+    pub access: Access,
+    pub origin: PathOrigin,
+}
+
+/// Where a [`GrantedPath`] comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathOrigin {
+    /// A directory the policy grants, to every session.
+    Policy,
+    /// A directory a person picked, for one session.
+    PickedDirectory,
+    /// A single file a person picked, for one session.
+    PickedFile,
+}
+
+/// The running services of the capabilities in [`ALL`], by key.
+#[derive(Clone, Default)]
+pub struct Services {
+    running: Arc<[(&'static str, Arc<dyn Service>)]>,
+}
+
+impl Services {
+    /// Starts the host-wide state of every capability that has one.
+    pub fn start(host: &HostContext<'_>) -> Self {
+        Self {
+            running: ALL
+                .iter()
+                .filter_map(|cap| Some((cap.key(), cap.start(host)?)))
+                .collect(),
+        }
+    }
+
+    /// The service of type `S`, if its capability is running.
+    pub fn get<S: Service>(&self) -> Option<&S> {
+        self.running.iter().find_map(|(_, service)| {
+            let any: &dyn Any = &**service;
+            any.downcast_ref::<S>()
+        })
+    }
+
+    /// The services of the capabilities `policy` grants, for its stores.
+    pub fn granted_to<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = &'a dyn Service> {
+        self.running
+            .iter()
+            .filter(|(key, _)| policy.grants_key(key))
+            .map(|(_, service)| &**service)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Service>> {
+        self.running.iter().map(|(_, service)| service)
+    }
+}
 
 /// The sentence a denial carries to the guest and to the audit log.
 pub(crate) fn denial(component: &str, what: &str, grant: &str, policy: &std::path::Path) -> String {
@@ -43,3 +229,25 @@ pub(crate) fn denial(component: &str, what: &str, grant: &str, policy: &std::pat
         policy.display()
     )
 }
+
+/// Reads a grant written `key = true`: `grant` when true, nothing when false.
+pub(crate) fn read_flag(
+    value: toml::Value,
+    grant: impl Grant,
+) -> Result<Option<Arc<dyn Grant>>, toml::de::Error> {
+    let granted: bool = capbridge_policy::read_grant(value)?;
+    Ok(granted.then(|| Arc::new(grant) as Arc<dyn Grant>))
+}
+
+/// The JSON Schema of a grant written `key = true`.
+pub(crate) fn flag_schema(description: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": description,
+        "type": "boolean",
+        "default": false,
+    })
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod policy_tests;

@@ -14,9 +14,127 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use capbridge_policy::{is_private_address, Policy, Scheme};
+use capbridge_policy::{
+    is_private_address, ExplainLine, Grant, GrantContext, GrantKind, NetworkGrant, Policy, Scheme,
+};
 use http::uri::Scheme as UriScheme;
+use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::Capability;
+use crate::own_files::OwnFiles;
+use crate::state::HostState;
+
+/// The capability: `grants.network`, served by `wasi:http`.
+pub struct Network;
+
+/// The origins a component may send HTTP(S) requests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkGrants {
+    pub origins: Vec<NetworkGrant>,
+}
+
+impl NetworkGrants {
+    /// The grant that lets the component reach `scheme://host:port`, if any. The host must
+    /// match exactly, ignoring case; an IPv6 host may be given with or without brackets.
+    pub fn grant_for(&self, scheme: Scheme, host: &str, port: u16) -> Option<&NetworkGrant> {
+        self.origins
+            .iter()
+            .find(|grant| grant.matches(scheme, host, port))
+    }
+}
+
+impl Grant for NetworkGrants {
+    fn scope(&self) -> Option<String> {
+        let texts: Vec<&str> = self.origins.iter().map(|g| g.text.as_str()).collect();
+        Some(texts.join(", "))
+    }
+
+    fn explain(&self, _policy: &Policy) -> Vec<ExplainLine> {
+        self.origins
+            .iter()
+            .map(|grant| {
+                let what = match grant.scheme {
+                    Scheme::Https => "HTTPS",
+                    Scheme::Http => "plain HTTP",
+                };
+                let host = if grant.host.contains(':') {
+                    format!("[{}]", grant.host)
+                } else {
+                    grant.host.clone()
+                };
+                let risk = if grant.names_private_address() {
+                    "reaches this machine or the local network, where services often trust local \
+                     callers"
+                } else {
+                    "can send data off this machine and bring data in"
+                };
+                ExplainLine::risky(
+                    format!(
+                        "Can make {what} requests to {host} port {} (granted as {:?}).",
+                        grant.port, grant.text
+                    ),
+                    Some(risk.to_string()),
+                )
+            })
+            .collect()
+    }
+}
+
+impl GrantKind for Network {
+    fn key(&self) -> &'static str {
+        "network"
+    }
+
+    fn schema(&self, _generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Outbound HTTP(S) origins, written `scheme://host[:port]` (http or https only).",
+            "type": "array",
+            "items": { "type": "string", "pattern": "^[hH][tT][tT][pP][sS]?://" },
+        })
+    }
+
+    fn parse(
+        &self,
+        value: toml::Value,
+        cx: &mut GrantContext<'_>,
+    ) -> Result<Option<Arc<dyn Grant>>, toml::de::Error> {
+        let origins = capbridge_policy::read_list(value, cx, NetworkGrant::parse)?;
+        Ok((!origins.is_empty()).then(|| Arc::new(NetworkGrants { origins }) as Arc<dyn Grant>))
+    }
+
+    fn not_granted(&self) -> &'static str {
+        "no network: it cannot make HTTP(S) requests"
+    }
+}
+
+impl Capability for Network {
+    fn interfaces(&self) -> &'static [&'static str] {
+        &["wasi:http/types", "wasi:http/outgoing-handler"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "send HTTP(S) requests to the granted origins only; private addresses only when named"
+    }
+
+    fn add_to_linker(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+    }
+
+    fn check_own_files(&self, policy: &Policy, own_files: &OwnFiles) -> Result<(), String> {
+        let origins = policy
+            .grant::<NetworkGrants>()
+            .map(|g| g.origins.as_slice());
+        match origins
+            .unwrap_or_default()
+            .iter()
+            .find_map(|grant| own_files.network_clash(grant))
+        {
+            Some(clash) => Err(clash),
+            None => Ok(()),
+        }
+    }
+}
 
 /// The `wasi:http` hooks of one store: the policy decides where requests may go.
 pub struct NetworkHooks {
@@ -73,7 +191,10 @@ pub async fn check_request(policy: &Policy, uri: &http::Uri) -> Result<(), Strin
         Scheme::Http => 80,
         Scheme::Https => 443,
     });
-    let Some(grant) = policy.network_grant_for(scheme, &host, port) else {
+    let grant = policy
+        .grant::<NetworkGrants>()
+        .and_then(|grants| grants.grant_for(scheme, &host, port));
+    let Some(grant) = grant else {
         return Err(format!(
             "{scheme}://{host}:{port} is not granted by {}",
             policy.source.display()

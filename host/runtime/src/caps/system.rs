@@ -8,13 +8,130 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
+use capbridge_policy::{ExplainLine, Grant, GrantContext, GrantKind, Policy};
 use tokio::io::AsyncReadExt as _;
+use wasmtime::component::{HasSelf, Linker};
 
-use super::capbridge::host::system::{Host, PlatformInfo as Platform};
-use super::GuestError;
+use super::capbridge::host::system::{self as wit, Host, PlatformInfo as Platform};
+use super::{Capability, GuestError};
 use crate::state::HostState;
+
+/// The capability: `[grants.system]`.
+pub struct System;
+
+/// `[grants.system]`: the machine's facts, and the program names whose `--version` the
+/// component may read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SystemGrant {
+    pub programs: Vec<String>,
+}
+
+/// `[grants.system]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SystemGrantFile {
+    /// File names of programs the component may run with the single argument `--version`, and
+    /// only where they lie in a granted directory.
+    #[serde(default)]
+    #[schemars(inner(pattern(r"^[A-Za-z0-9._+-]{1,64}$")))]
+    pub programs: Vec<String>,
+}
+
+impl Grant for SystemGrant {
+    fn scope(&self) -> Option<String> {
+        (!self.programs.is_empty()).then(|| format!("(--version of {})", self.programs.join(", ")))
+    }
+
+    fn explain(&self, _policy: &Policy) -> Vec<ExplainLine> {
+        let mut lines = vec![ExplainLine::plain(
+            "Can read the machine's OS name and version, architecture, kernel release and \
+             login shell."
+                .to_string(),
+        )];
+        if !self.programs.is_empty() {
+            lines.push(ExplainLine::risky(
+                format!(
+                    "Can run these programs with the single argument --version, where they \
+                     lie in a granted directory: {}.",
+                    self.programs.join(", ")
+                ),
+                Some(format!(
+                    "it starts host processes (no input, empty environment but PATH, killed \
+                     after {} seconds); a program that ignores --version runs as if started \
+                     bare",
+                    VERSION_TIMEOUT.as_secs()
+                )),
+            ));
+        }
+        lines
+    }
+}
+
+impl GrantKind for System {
+    fn key(&self) -> &'static str {
+        "system"
+    }
+
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = generator.subschema_for::<SystemGrantFile>();
+        schema.insert(
+            "description".into(),
+            "Facts about this machine and versions of named programs (`capbridge:host/system`)."
+                .into(),
+        );
+        schema
+    }
+
+    fn parse(
+        &self,
+        value: toml::Value,
+        cx: &mut GrantContext<'_>,
+    ) -> Result<Option<Arc<dyn Grant>>, toml::de::Error> {
+        let file: SystemGrantFile = capbridge_policy::read_grant(value)?;
+        for (i, name) in file.programs.iter().enumerate() {
+            if !is_program_name(name) {
+                cx.problem(
+                    &format!(".programs[{i}]"),
+                    format!("{name:?} is not a program file name (1 to 64 of A-Z a-z 0-9 . _ + -)"),
+                );
+            }
+        }
+        Ok(Some(Arc::new(SystemGrant {
+            programs: file.programs,
+        })))
+    }
+
+    fn not_granted(&self) -> &'static str {
+        "no system facts and no programs to run"
+    }
+}
+
+impl Capability for System {
+    fn interfaces(&self) -> &'static [&'static str] {
+        &["capbridge:host/system"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "read the OS facts; run the listed programs with `--version` only"
+    }
+
+    fn add_to_linker(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)
+    }
+}
+
+/// A bare file name a program may have: no separators, no `..`.
+fn is_program_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+}
 
 /// How long a `--version` run may take before it is killed.
 pub const VERSION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -63,8 +180,7 @@ fn login_shell() -> Option<String> {
 fn host_program(state: &HostState, guest: &str) -> Result<PathBuf, GuestError> {
     let policy = &state.grants.policy;
     let programs = policy
-        .system
-        .as_ref()
+        .grant::<SystemGrant>()
         .map(|s| s.programs.as_slice())
         .unwrap_or_default();
     let (dir, name) = guest.rsplit_once('/').ok_or_else(|| {

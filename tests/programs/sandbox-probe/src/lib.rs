@@ -86,6 +86,11 @@ impl Guest for Probe {
         Ok(std::hint::black_box(v).len() as u32 / (1024 * 1024))
     }
 
+    fn exhaust_memory(mib: u32) -> u32 {
+        let v = vec![1u8; mib as usize * 1024 * 1024];
+        (std::hint::black_box(v).len() / (1024 * 1024)) as u32
+    }
+
     fn recurse(depth: u64) -> u64 {
         if depth == 0 {
             return 0;

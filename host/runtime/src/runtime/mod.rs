@@ -6,31 +6,38 @@
 //!
 //! A call gets a fresh instance by default (instantiated from a pre-linked `InstancePre` and
 //! dropped afterwards) so nothing leaks from one call to the next; a policy with
-//! `instance = "persistent"` keeps one instance and serialises its calls.
+//! `instance = "persistent"` keeps one instance and serialises its calls ([`call`]).
+//!
+//! The runtime is the one way in for the layers above: they call exports, ask what a component
+//! may reach for a session ([`Runtime::paths`]), end sessions ([`Runtime::end_session`]) and stop
+//! the host ([`Runtime::shutdown`]); the capabilities' services stay behind it.
+
+mod call;
+mod exports;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capbridge_policy::{InstanceMode, Policy};
 use serde::Serialize;
 use serde_json::Value;
-use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
-use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Val};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::component::types::Type;
+use wasmtime::component::{ComponentExportIndex, Instance, InstancePre};
+use wasmtime::{Engine, Store};
 
 use crate::cache::{CacheOutcome, CompileCache};
-use crate::caps::awake::AwakeService;
-use crate::caps::dialog::{DialogService, Picker};
+use crate::caps::dialog::Picker;
 use crate::caps::events::EventBus;
-use crate::caps::Services;
+use crate::caps::{GrantedPath, HostContext, PathOrigin, Services};
 use crate::engine::{new_engine, EpochTicker};
 use crate::linker::{check_imports, granted_linker};
 use crate::output::CapturedOutput;
+use crate::own_files::OwnFiles;
 use crate::recorder::HostCall;
 use crate::state::{Determinism, HostState};
-use crate::values::{self, json_to_val, val_to_json};
+use exports::{export_info, exported_functions, lookup_export};
 
 /// Where the runtime finds components, policies and its compile cache.
 #[derive(Clone, Debug)]
@@ -43,6 +50,9 @@ pub struct RuntimeConfig {
     /// Where native pickers come from ([`Picker::from_env`]: the desktop portal when a display
     /// is present, none when headless).
     pub picker: Picker,
+    /// capbridge's own files and port beyond the three directories above (the config and data
+    /// directories, the bridge's port), which no grant or pick may reach.
+    pub own_files: OwnFiles,
 }
 
 /// Progress while loading, for a caller to show.
@@ -154,7 +164,7 @@ pub enum CallError {
 }
 
 /// No component may take the host's own name: it is the `source` of the bridge's events.
-pub const RESERVED_ID: &str = "capbridge";
+pub const RESERVED_ID: &str = crate::caps::events::HOST_SOURCE;
 
 /// The component runtime: one engine, every discovered component, the event bus.
 pub struct Runtime {
@@ -163,6 +173,7 @@ pub struct Runtime {
     cache: CompileCache,
     events: EventBus,
     services: Services,
+    own_files: OwnFiles,
     components: BTreeMap<String, Entry>,
     _ticker: EpochTicker,
 }
@@ -204,16 +215,24 @@ impl Runtime {
         let engine = new_engine()?;
         let ticker = EpochTicker::start(&engine)?;
         let events = EventBus::default();
-        let services = Services {
-            awake: AwakeService::new(events.clone()),
-            dialog: DialogService::new(config.picker.clone()),
-        };
+        let own_files = config
+            .own_files
+            .clone()
+            .with_path("components directory", &config.components_dir)
+            .with_path("policy directory", &config.policy_dir)
+            .with_path("compile cache", &config.cache_dir);
+        let services = Services::start(&HostContext {
+            config: &config,
+            events: &events,
+            own_files: &own_files,
+        });
         Ok(Self {
             cache: CompileCache::new(&config.cache_dir),
             engine,
             config,
             events,
             services,
+            own_files,
             components: BTreeMap::new(),
             _ticker: ticker,
         })
@@ -231,9 +250,50 @@ impl Runtime {
         &self.events
     }
 
-    /// The host-wide services (sleep prevention, picks) the capbridge interfaces act on.
+    /// The capabilities' host-wide services, for tests and tools that look inside one.
     pub fn services(&self) -> &Services {
         &self.services
+    }
+
+    /// capbridge's own files and port, which no component may reach.
+    pub fn own_files(&self) -> &OwnFiles {
+        &self.own_files
+    }
+
+    /// Every host path `component` may reach in a call made for `session`: the directories its
+    /// policy grants, then what the granted capabilities opened to that session (picks).
+    /// `None` when there is no such component with a valid policy.
+    pub fn paths(&self, component: &str, session: u64) -> Option<Vec<GrantedPath>> {
+        let policy = self.component(component)?.policy.clone()?;
+        let mut paths: Vec<GrantedPath> = policy
+            .directories
+            .iter()
+            .map(|dir| GrantedPath {
+                name: dir.guest.clone(),
+                host_path: dir.host.clone(),
+                access: dir.access,
+                origin: PathOrigin::Policy,
+            })
+            .collect();
+        for service in self.services.granted_to(&policy) {
+            paths.extend(service.paths(component, session));
+        }
+        Some(paths)
+    }
+
+    /// A contract session ended (expired, evicted, closed): every capability gives back what it
+    /// held for it (sleep-prevention holds, picks).
+    pub async fn end_session(&self, session: u64) {
+        for service in self.services.all() {
+            service.end_session(session).await;
+        }
+    }
+
+    /// The host is stopping: every capability gives back everything it holds.
+    pub async fn shutdown(&self) {
+        for service in self.services.all() {
+            service.shutdown().await;
+        }
     }
 
     /// Every discovered component, loaded or not, by id.
@@ -274,7 +334,17 @@ impl Runtime {
     /// Discovers and loads every component in the components directory, replacing what was
     /// loaded before. One component's failure never stops the others.
     pub fn load_all(&mut self, progress: &mut dyn FnMut(LoadEvent<'_>)) -> anyhow::Result<()> {
-        let found = discover(&self.config.components_dir)?;
+        self.load_where(|_| true, progress)
+    }
+
+    /// Loads only the discovered components `wanted` accepts (by id); the others stay unknown.
+    pub fn load_where(
+        &mut self,
+        wanted: impl Fn(&str) -> bool,
+        progress: &mut dyn FnMut(LoadEvent<'_>),
+    ) -> anyhow::Result<()> {
+        let mut found = discover(&self.config.components_dir)?;
+        found.retain(|(id, _)| wanted(id));
         let total = found.len();
         let mut components = BTreeMap::new();
         for (i, (id, wasm_path)) in found.into_iter().enumerate() {
@@ -352,8 +422,11 @@ impl Runtime {
                 info.policy_path.display()
             ));
         }
-        let policy = Arc::new(Policy::load(&id, &info.policy_path).map_err(|e| e.to_string())?);
+        let policy =
+            Arc::new(crate::caps::load_policy(&id, &info.policy_path).map_err(|e| e.to_string())?);
         info.policy = Some(policy.clone());
+        // Before anything is created on disk for it.
+        self.check_own_files(&policy)?;
         prepare_directories(&policy)?;
 
         let wasm = std::fs::read(&info.wasm_path)
@@ -421,233 +494,33 @@ impl Runtime {
             outcome == CacheOutcome::Hit,
         ))
     }
-
-    /// Calls `function` of `component` with JSON `args` (an object keyed by parameter name).
-    pub async fn call(
-        &self,
-        component: &str,
-        function: &str,
-        args: &Value,
-        options: &CallOptions,
-    ) -> Result<CallOutcome, CallError> {
-        let entry = self
-            .components
-            .get(component)
-            .ok_or_else(|| CallError::UnknownComponent(component.to_string()))?;
-        let loaded = match (&entry.loaded, &entry.info.status) {
-            (Some(loaded), _) => loaded.clone(),
-            (None, ComponentStatus::Failed { reason }) => {
-                return Err(CallError::NotLoaded {
-                    component: component.to_string(),
-                    reason: reason.clone(),
-                })
-            }
-            (None, ComponentStatus::Loaded) => {
-                unreachable!("a loaded component always has its instance-pre")
-            }
-        };
-        let func = loaded
-            .functions
-            .get(function)
-            .ok_or_else(|| CallError::UnknownFunction {
-                component: component.to_string(),
-                function: function.to_string(),
-                hint: format!(
-                    " (it exports: {})",
-                    loaded
-                        .functions
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })?;
-        if let Some(reason) = &func.unsupported {
-            return Err(CallError::Unsupported {
-                function: function.to_string(),
-                reason: reason.clone(),
-            });
-        }
-        let params = params_from_json(&func.signature.params, args)?;
-        let deadline = options.deadline.map_or(loaded.policy.limits.deadline, |d| {
-            d.min(loaded.policy.limits.deadline)
-        });
-
-        if options.record && !crate::recorder::is_installed() {
-            return Err(CallError::Host(
-                "recording host calls needs capbridge_runtime::recorder::layer() in the tracing subscriber".into(),
-            ));
-        }
-        let started = Instant::now();
-        let run = self.run(&loaded, func, params, deadline, options.session);
-        let (outcome, host_calls) = if options.record {
-            crate::recorder::record(run).await
-        } else {
-            (run.await, Vec::new())
-        };
-        let (result, stdout, stderr) = outcome?;
-        let result = match result {
-            Some(val) => val_to_json(&val).map_err(|e| CallError::Unsupported {
-                function: function.to_string(),
-                reason: e.to_string(),
-            })?,
-            None => Value::Null,
-        };
-        Ok(CallOutcome {
-            result,
-            stdout,
-            stderr,
-            host_calls,
-            elapsed: started.elapsed(),
-        })
-    }
-
-    async fn run(
-        &self,
-        loaded: &Loaded,
-        func: &Function,
-        params: Vec<Val>,
-        deadline: Duration,
-        session: Option<u64>,
-    ) -> Result<(Option<Val>, CapturedOutput, CapturedOutput), CallError> {
-        match &loaded.persistent {
-            None => {
-                let mut store = self.new_store(loaded, session)?;
-                let result =
-                    call_in_store(&mut store, None, &loaded.pre, func, &params, deadline).await;
-                let (stdout, stderr) = (store.data().stdout.take(), store.data().stderr.take());
-                result.map(|(val, _)| (val, stdout, stderr))
-            }
-            Some(slot) => {
-                let mut slot = slot.lock().await;
-                let (mut store, instance) = match slot.take() {
-                    Some(live) => (live.store, Some(live.instance)),
-                    None => (self.new_store(loaded, session)?, None),
-                };
-                // The instance outlives the call; the session is this call's (picks are
-                // mounted only into fresh instances).
-                store.data_mut().grants.session = session;
-                let result =
-                    call_in_store(&mut store, instance, &loaded.pre, func, &params, deadline).await;
-                let (stdout, stderr) = (store.data().stdout.take(), store.data().stderr.take());
-                // After a trap or a deadline the instance may be mid-way through anything: the
-                // next call starts a new one.
-                match result {
-                    Ok((val, instance)) => {
-                        *slot = Some(Live { store, instance });
-                        Ok((val, stdout, stderr))
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        }
-    }
-
-    fn new_store(
-        &self,
-        loaded: &Loaded,
-        session: Option<u64>,
-    ) -> Result<Store<HostState>, CallError> {
-        let state = HostState::new(
-            loaded.policy.clone(),
-            self.events.clone(),
-            self.services.clone(),
-            session,
-            self.config.determinism,
-        )
-        .map_err(|e| CallError::Host(format!("{e:#}")))?;
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
-        Ok(store)
-    }
 }
 
-/// Instantiates (unless `instance` is given) and calls, all within `deadline`.
-async fn call_in_store(
-    store: &mut Store<HostState>,
-    instance: Option<Instance>,
-    pre: &InstancePre<HostState>,
-    func: &Function,
-    params: &[Val],
-    deadline: Duration,
-) -> Result<(Option<Val>, Instance), CallError> {
-    let deadline_at = Instant::now() + deadline;
-    // At every epoch tick the guest either stops (past the deadline) or yields, so that a busy
-    // guest never starves the other tasks on its thread.
-    store.epoch_deadline_callback(move |_| {
-        Ok(if Instant::now() >= deadline_at {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Yield(1)
-        })
-    });
-    store.set_epoch_deadline(1);
-    let call = async {
-        let instance = match instance {
-            Some(instance) => instance,
-            None => pre.instantiate_async(&mut *store).await?,
-        };
-        let f = instance
-            .get_func(&mut *store, func.index)
-            .ok_or_else(|| wasmtime::format_err!("export vanished from its instance"))?;
-        let mut results = vec![Val::Bool(false); usize::from(func.signature.result.is_some())];
-        f.call_async(&mut *store, params, &mut results).await?;
-        Ok::<_, wasmtime::Error>((results.pop(), instance))
-    };
-    // The timeout also covers time spent inside host calls, where epochs do not reach.
-    match tokio::time::timeout(deadline, call).await {
-        Err(_elapsed) => Err(CallError::Timeout(deadline)),
-        Ok(Ok(done)) => Ok(done),
-        Ok(Err(error)) => Err(match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallError::Timeout(deadline),
-            Some(trap) => CallError::Trap(trap.to_string()),
-            None => CallError::Trap(format!("{error:#}")),
-        }),
-    }
-}
-
-/// Turns the JSON arguments object into positional parameters.
-fn params_from_json(params: &[(String, Type)], args: &Value) -> Result<Vec<Val>, CallError> {
-    let empty = serde_json::Map::new();
-    let object = match args {
-        Value::Object(o) => o,
-        Value::Null => &empty,
-        other => {
-            return Err(CallError::InvalidArguments(format!(
-                "arguments must be a JSON object keyed by parameter name, not {}",
-                match other {
-                    Value::Array(_) => "an array",
-                    Value::String(_) => "a string",
-                    Value::Number(_) => "a number",
-                    _ => "a boolean",
-                }
-            )))
+impl Runtime {
+    /// Refuses a policy whose grants reach capbridge's own files or port.
+    fn check_own_files(&self, policy: &Policy) -> Result<(), String> {
+        for (i, dir) in policy.directories.iter().enumerate() {
+            if let Some(clash) = self.own_files.clash(&dir.host) {
+                return Err(format!(
+                    "grants.directories[{i}] in {} grants {}, and {clash}: a component may not \
+                     reach capbridge's own files",
+                    policy.source.display(),
+                    dir.host.display()
+                ));
+            }
         }
-    };
-    if let Some(unknown) = object.keys().find(|k| !params.iter().any(|(n, _)| n == *k)) {
-        let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-        return Err(CallError::InvalidArguments(format!(
-            "unknown parameter `{unknown}` (parameters are: {})",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        )));
+        for cap in crate::caps::ALL.iter().filter(|cap| cap.granted_by(policy)) {
+            cap.check_own_files(policy, &self.own_files)
+                .map_err(|clash| {
+                    format!(
+                        "grants.{} in {}: {clash}",
+                        cap.key(),
+                        policy.source.display()
+                    )
+                })?;
+        }
+        Ok(())
     }
-    params
-        .iter()
-        .map(|(name, ty)| match (object.get(name), ty) {
-            (Some(v), ty) => {
-                json_to_val(ty, v, name).map_err(|e| CallError::InvalidArguments(e.to_string()))
-            }
-            (None, Type::Option(_)) => Ok(Val::Option(None)),
-            (None, ty) => Err(CallError::InvalidArguments(format!(
-                "missing parameter `{name}` ({})",
-                values::type_name(ty)
-            ))),
-        })
-        .collect()
 }
 
 /// `*.wasm` files in `dir`, by id (file stem), sorted.
@@ -701,109 +574,4 @@ fn prepare_directories(policy: &Policy) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-struct FoundFunction {
-    func: ComponentFunc,
-}
-
-/// Every exported function, top-level and inside exported interfaces, with the reason it cannot
-/// be called with JSON, if any.
-fn exported_functions(
-    engine: &Engine,
-    component: &Component,
-) -> Vec<(String, (FoundFunction, Option<String>))> {
-    let mut out = Vec::new();
-    let ty = component.component_type();
-    for (name, export) in ty.exports(engine) {
-        match export.ty {
-            ComponentItem::ComponentFunc(func) => out.push((name.to_string(), func)),
-            ComponentItem::ComponentInstance(instance) => {
-                let short = interface_short_name(name);
-                for (fname, item) in instance.exports(engine) {
-                    if let ComponentItem::ComponentFunc(func) = item.ty {
-                        out.push((format!("{short}.{fname}"), func));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    out.into_iter()
-        .map(|(name, func)| {
-            let unsupported = unsupported_reason(&name, &func);
-            (name, (FoundFunction { func }, unsupported))
-        })
-        .collect()
-}
-
-fn unsupported_reason(name: &str, func: &ComponentFunc) -> Option<String> {
-    if name.contains('[') {
-        return Some("it is a resource constructor or method".into());
-    }
-    let params = values::object_schema(func.params().map(|(n, t)| (n.to_string(), t)));
-    let result = func
-        .results()
-        .map(|t| values::schema(&t))
-        .collect::<Result<Vec<_>, _>>();
-    params.err().or(result.err()).map(|e| e.to_string())
-}
-
-/// `capbridge:echo/api@0.1.0` → `api`.
-fn interface_short_name(name: &str) -> &str {
-    let without_version = name.split('@').next().unwrap_or(name);
-    without_version
-        .rsplit('/')
-        .next()
-        .unwrap_or(without_version)
-}
-
-fn lookup_export(component: &Component, name: &str) -> Option<ComponentExportIndex> {
-    if let Some(index) = component.get_export_index(None, name) {
-        return Some(index);
-    }
-    let (short, fname) = name.split_once('.')?;
-    let ty = component.component_type();
-    let engine = component.engine();
-    let (iface, _) = ty
-        .exports(engine)
-        .find(|(n, _)| interface_short_name(n) == short)?;
-    let parent = component.get_export_index(None, iface)?;
-    component.get_export_index(Some(&parent), fname)
-}
-
-fn export_info(name: &str, found: &FoundFunction, unsupported: Option<String>) -> ExportInfo {
-    let params: Vec<String> = found
-        .func
-        .params()
-        .map(|(n, t)| format!("{n}: {}", values::type_name(&t)))
-        .collect();
-    let result = found.func.results().next();
-    let signature = match &result {
-        Some(t) => format!("{name}({}) -> {}", params.join(", "), values::type_name(t)),
-        None => format!("{name}({})", params.join(", ")),
-    };
-    let fallible = matches!(result, Some(Type::Result(_)));
-    let (params_schema, result_schema) = if unsupported.is_some() {
-        (None, None)
-    } else {
-        (
-            values::object_schema(found.func.params().map(|(n, t)| (n.to_string(), t))).ok(),
-            Some(
-                result
-                    .map_or(Ok(serde_json::json!({ "type": "null" })), |t| {
-                        values::schema(&t)
-                    })
-                    .unwrap_or(Value::Null),
-            ),
-        )
-    };
-    ExportInfo {
-        name: name.to_string(),
-        signature,
-        params_schema,
-        result_schema,
-        fallible,
-        unsupported,
-    }
 }

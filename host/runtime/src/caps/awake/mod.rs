@@ -10,30 +10,131 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use capbridge_policy::{ExplainLine, Grant, GrantContext, GrantKind, Policy};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use wasmtime::component::{HasSelf, Linker};
 
-use super::capbridge::host::awake::{AwakeStatus as GuestStatus, Hold as GuestHold, Host};
+use super::capbridge::host::awake::{
+    self as wit, AwakeStatus as GuestStatus, Hold as GuestHold, Host,
+};
 use super::events::{Event, EventBus};
-use super::GuestError;
+use super::{Capability, GuestError, HostContext, Service};
 use crate::state::HostState;
 
-/// Longest reason accepted, in characters.
+mod inhibitor;
+#[cfg(test)]
+mod tests;
+
+pub use inhibitor::{Inhibition, Inhibitor, KeepAwakeInhibitor};
+
+/// The capability: `grants.awake = true`.
+pub struct Awake;
+
+/// `grants.awake = true`.
+#[derive(Debug)]
+pub struct AwakeGrant;
+
+impl Grant for AwakeGrant {
+    fn explain(&self, _policy: &Policy) -> Vec<ExplainLine> {
+        vec![ExplainLine::plain(
+            "Can keep the machine awake (inhibit the screen saver and idle sleep) while a \
+             session holds it; holds end with their session."
+                .to_string(),
+        )]
+    }
+}
+
+impl GrantKind for Awake {
+    fn key(&self) -> &'static str {
+        "awake"
+    }
+
+    fn schema(&self, _generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        super::flag_schema(
+            "Whether the component may keep the machine awake (`capbridge:host/awake`).",
+        )
+    }
+
+    fn parse(
+        &self,
+        value: toml::Value,
+        _cx: &mut GrantContext<'_>,
+    ) -> Result<Option<Arc<dyn Grant>>, toml::de::Error> {
+        super::read_flag(value, AwakeGrant)
+    }
+
+    fn not_granted(&self) -> &'static str {
+        "no sleep prevention"
+    }
+}
+
+impl Capability for Awake {
+    fn interfaces(&self) -> &'static [&'static str] {
+        &["capbridge:host/awake"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "keep the machine awake while a session holds it; holds end with their session"
+    }
+
+    fn add_to_linker(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)
+    }
+
+    fn start(&self, host: &HostContext<'_>) -> Option<Arc<dyn Service>> {
+        Some(Arc::new(AwakeService::new(host.events.clone())))
+    }
+}
+
+impl Service for AwakeService {
+    fn end_session(&self, session: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.release_where(|s| s == session).await;
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        // Nobody can hold sleep prevention for a host that is gone.
+        Box::pin(async move {
+            self.release_where(|_| true).await;
+        })
+    }
+}
+
+/// Longest reason accepted, in characters (the one limit: the component, the route and the
+/// contract's docs all defer to it).
 pub const MAX_REASON_CHARS: usize = 200;
 /// Most holds one session (or the CLI) may have at once.
 pub const MAX_HOLDS_PER_SESSION: usize = 32;
 /// How long the system may take to grant sleep prevention before the hold is refused.
 pub const INHIBIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One hold on sleep prevention.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// One hold on sleep prevention: what the host keeps, what the component returns, and what
+/// the contract's routes answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Hold {
+    /// Opaque id, unique for the life of the host.
     pub id: String,
+    /// Why the machine is kept awake (1 to 200 characters).
     pub reason: String,
+    /// The component that took it.
     pub component: String,
+    /// The session that holds it (none outside the contract).
     pub session: Option<u64>,
+    /// Milliseconds since the Unix epoch.
     pub acquired_at_ms: u64,
+}
+
+/// Whether sleep is prevented, and every hold.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwakeStatus {
+    /// Whether sleep is prevented right now (while any hold remains).
+    pub active: bool,
+    pub holds: Vec<Hold>,
 }
 
 /// Why a hold could not be taken or given back.
@@ -62,17 +163,24 @@ impl From<AwakeError> for GuestError {
 pub struct AwakeService {
     inner: Arc<tokio::sync::Mutex<Inner>>,
     events: EventBus,
+    inhibitor: Arc<dyn Inhibitor>,
 }
 
 struct Inner {
     next_id: u64,
     holds: Vec<Hold>,
     /// The system inhibition, present exactly while `holds` is not empty.
-    lock: Option<keepawake::KeepAwake>,
+    lock: Option<Inhibition>,
 }
 
 impl AwakeService {
+    /// The service on the system's sleep inhibition (`keepawake`).
     pub fn new(events: EventBus) -> Self {
+        Self::with_inhibitor(events, Arc::new(KeepAwakeInhibitor))
+    }
+
+    /// The service on another inhibitor (tests use a fake).
+    pub fn with_inhibitor(events: EventBus, inhibitor: Arc<dyn Inhibitor>) -> Self {
         Self {
             inner: Arc::new(tokio::sync::Mutex::new(Inner {
                 next_id: 1,
@@ -80,6 +188,7 @@ impl AwakeService {
                 lock: None,
             })),
             events,
+            inhibitor,
         }
     }
 
@@ -98,33 +207,24 @@ impl AwakeService {
             )));
         }
         if inner.lock.is_none() {
+            let inhibitor = self.inhibitor.clone();
             let why = reason.clone();
-            let create = tokio::task::spawn_blocking(move || {
-                keepawake::Builder::default()
-                    .display(true)
-                    .reason(why)
-                    .app_name("capbridge")
-                    .app_reverse_domain("dev.capbridge.capbridge")
-                    .create()
-            });
-            // A hung service must not hold every other caller (status, release, the sweeper)
+            let create = tokio::task::spawn_blocking(move || inhibitor.inhibit(&why));
+            // A hung service must not hold every other caller (status, release, session ends)
             // behind this lock; if it answers late, the abandoned inhibition is dropped, which
             // gives it back.
             let created = tokio::time::timeout(INHIBIT_TIMEOUT, create)
                 .await
                 .map_err(|_| {
                     AwakeError::Unavailable(format!(
-                        "cannot prevent sleep: org.freedesktop.ScreenSaver did not answer within \
-                         {INHIBIT_TIMEOUT:?}"
+                        "cannot prevent sleep: {} did not answer within {INHIBIT_TIMEOUT:?}",
+                        self.inhibitor.name()
                     ))
                 })?
                 .map_err(|e| AwakeError::Unavailable(format!("sleep prevention failed: {e}")))?;
             let lock = created.map_err(|e| {
                 tracing::warn!(target: "capbridge::awake", error = %e, "cannot prevent sleep");
-                AwakeError::Unavailable(format!(
-                    "cannot prevent sleep: {e} (capbridge asks org.freedesktop.ScreenSaver on the \
-                     D-Bus session bus; is a desktop session running?)"
-                ))
+                AwakeError::Unavailable(format!("cannot prevent sleep: {e}"))
             })?;
             inner.lock = Some(lock);
         }
@@ -199,7 +299,7 @@ impl AwakeService {
 
     fn publish(&self, topic: &str, payload: serde_json::Value) {
         self.events.publish(Event {
-            source: crate::runtime::RESERVED_ID.into(),
+            source: super::events::HOST_SOURCE.into(),
             topic: topic.into(),
             payload,
         });
@@ -216,24 +316,31 @@ impl Drop for Inner {
 
 /// Drops the inhibition. `keepawake` panics when `UnInhibit` fails (the service went away);
 /// that must not take the host down, so the panic is caught and logged.
-fn give_back(lock: keepawake::KeepAwake) {
+fn give_back(lock: Inhibition) {
     if std::panic::catch_unwind(AssertUnwindSafe(move || drop(lock))).is_err() {
         tracing::warn!(target: "capbridge::awake", "giving back sleep prevention failed (the D-Bus service went away)");
     }
 }
 
-fn check_reason(reason: &str) -> Result<String, AwakeError> {
+/// The trimmed reason, or why it is not acceptable.
+pub fn check_reason(reason: &str) -> Result<String, AwakeError> {
     let reason = reason.trim();
     let chars = reason.chars().count();
-    if chars == 0 || chars > MAX_REASON_CHARS {
+    if chars == 0 {
+        return Err(AwakeError::InvalidArgument(
+            "`reason` is empty: say why the machine should stay awake".into(),
+        ));
+    }
+    if chars > MAX_REASON_CHARS {
         return Err(AwakeError::InvalidArgument(format!(
-            "reason must be 1 to {MAX_REASON_CHARS} characters (got {chars})"
+            "`reason` is {chars} characters; at most {MAX_REASON_CHARS} are allowed"
         )));
     }
-    if reason.chars().any(char::is_control) {
-        return Err(AwakeError::InvalidArgument(
-            "reason must not contain control characters".into(),
-        ));
+    if let Some(c) = reason.chars().find(|c| c.is_control()) {
+        return Err(AwakeError::InvalidArgument(format!(
+            "`reason` contains the control character U+{:04X}",
+            c as u32
+        )));
     }
     Ok(reason.to_string())
 }
@@ -256,12 +363,20 @@ impl From<Hold> for GuestHold {
     }
 }
 
+impl HostState {
+    fn awake(&self) -> wasmtime::Result<&AwakeService> {
+        self.grants
+            .services
+            .get::<AwakeService>()
+            .ok_or_else(|| wasmtime::format_err!("the awake service is not running"))
+    }
+}
+
 impl Host for HostState {
     async fn acquire(&mut self, reason: String) -> wasmtime::Result<Result<GuestHold, GuestError>> {
         let grants = &self.grants;
-        Ok(grants
-            .services
-            .awake
+        Ok(self
+            .awake()?
             .acquire(&grants.policy.component_id, grants.session, &reason)
             .await
             .map(GuestHold::from)
@@ -270,9 +385,7 @@ impl Host for HostState {
 
     async fn release(&mut self, id: String) -> wasmtime::Result<Result<GuestHold, GuestError>> {
         Ok(self
-            .grants
-            .services
-            .awake
+            .awake()?
             .release(self.grants.session, &id)
             .await
             .map(GuestHold::from)
@@ -280,7 +393,7 @@ impl Host for HostState {
     }
 
     async fn status(&mut self) -> wasmtime::Result<GuestStatus> {
-        let (active, holds) = self.grants.services.awake.status().await;
+        let (active, holds) = self.awake()?.status().await;
         Ok(GuestStatus {
             active,
             holds: holds.into_iter().map(GuestHold::from).collect(),

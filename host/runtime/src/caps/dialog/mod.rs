@@ -9,46 +9,156 @@
 //! the picked directory is preopened at `/picked-<id>` in that component's later calls made for
 //! that session ([`DialogService::preopens`]), and in no other store. Picks end with their
 //! session ([`DialogService::forget_where`]). Each pick is logged to the audit target.
+//!
+//! Files: the unit and the pick registry here; the portal client in `portal.rs` (behind
+//! [`Chooser`], so this logic is tested with a fake); the picked file's atomic I/O in
+//! `files.rs`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use capbridge_policy::Access;
-use futures_util::StreamExt as _;
+use capbridge_policy::{Access, ExplainLine, Grant, GrantContext, GrantKind, InstanceMode, Policy};
+use futures_util::future::BoxFuture;
 use serde::Serialize;
-use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::capbridge::host::dialog::{Host, PickKind as GuestPickKind, Picked as GuestPicked};
+use super::capbridge::host::dialog::{
+    self as wit, Host, PickKind as GuestPickKind, Picked as GuestPicked,
+};
 use super::capbridge::host::types::Access as GuestAccess;
-use super::GuestError;
+use super::{Capability, GrantedPath, GuestError, HostContext, PathOrigin, Service};
+use crate::own_files::OwnFiles;
 use crate::state::HostState;
+
+mod files;
+mod portal;
+#[cfg(test)]
+mod tests;
+
+pub use portal::{Chooser, Picker, Portal};
+
+/// The capability: `grants.dialog = true`.
+pub struct Dialog;
+
+/// `grants.dialog = true`.
+#[derive(Debug)]
+pub struct DialogGrant;
+
+impl Grant for DialogGrant {
+    fn explain(&self, _policy: &Policy) -> Vec<ExplainLine> {
+        vec![ExplainLine::risky(
+            "Can show native pickers; a directory the person picks becomes readable (or \
+             writable, as the picker says) by this component for the session that asked."
+                .to_string(),
+            Some(
+                "what a person picks widens this component's file access beyond the \
+                 directories listed above, for that session only"
+                    .to_string(),
+            ),
+        )]
+    }
+}
+
+impl GrantKind for Dialog {
+    fn key(&self) -> &'static str {
+        "dialog"
+    }
+
+    fn schema(&self, _generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        super::flag_schema(
+            "Whether the component may show native pickers (`capbridge:host/dialog`); a pick \
+             widens access for the session that asked, to what the person picked.",
+        )
+    }
+
+    fn parse(
+        &self,
+        value: toml::Value,
+        cx: &mut GrantContext<'_>,
+    ) -> Result<Option<Arc<dyn Grant>>, toml::de::Error> {
+        let grant = super::read_flag(value, DialogGrant)?;
+        if grant.is_some() && cx.instance == InstanceMode::Persistent {
+            cx.problem(
+                "",
+                "cannot be granted to a persistent component: a pick is mounted into the \
+                 instances of the session that made it, and a persistent instance serves every \
+                 session (use instance = \"fresh\")",
+            );
+        }
+        Ok(grant)
+    }
+
+    fn not_granted(&self) -> &'static str {
+        "no native pickers"
+    }
+}
+
+impl Capability for Dialog {
+    fn interfaces(&self) -> &'static [&'static str] {
+        &["capbridge:host/dialog"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "show native pickers; what a person picks is opened to that component for that session"
+    }
+
+    fn add_to_linker(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)
+    }
+
+    fn start(&self, host: &HostContext<'_>) -> Option<Arc<dyn Service>> {
+        Some(Arc::new(DialogService::new(
+            host.config.picker.clone(),
+            host.own_files.clone(),
+        )))
+    }
+}
+
+impl Service for DialogService {
+    /// Mounts what a person picked for this session, and only for it.
+    fn prepare_store(&self, policy: &Policy, session: Option<u64>, wasi: &mut WasiCtxBuilder) {
+        for pick in self.preopens(session, &policy.component_id) {
+            let perms = match pick.access {
+                Access::ReadOnly => FsPerms::ReadOnly,
+                Access::ReadWrite => FsPerms::ReadWrite,
+            };
+            // A picked folder that went away (deleted, unmounted) is left out, not fatal: the
+            // granted directories still work.
+            if let Err(e) = wasi.preopened_dir(&pick.host_path, &pick.guest_path, perms) {
+                tracing::warn!(
+                    target: "capbridge::dialog",
+                    component = %policy.component_id,
+                    path = %pick.host_path.display(),
+                    "picked directory not mounted: {e}"
+                );
+            }
+        }
+    }
+
+    fn paths(&self, component: &str, session: u64) -> Vec<GrantedPath> {
+        self.picks_of(session, component)
+            .into_iter()
+            .map(|pick| GrantedPath {
+                name: format!("picked-{}", pick.id),
+                host_path: pick.host_path,
+                access: pick.access,
+                origin: match pick.kind {
+                    PickKind::Directory => PathOrigin::PickedDirectory,
+                    PickKind::File => PathOrigin::PickedFile,
+                },
+            })
+            .collect()
+    }
+
+    fn end_session(&self, session: u64) -> BoxFuture<'_, ()> {
+        self.forget_where(|s| s == session);
+        Box::pin(async {})
+    }
+}
 
 /// Most picks one session may hold.
 pub const MAX_PICKS_PER_SESSION: usize = 32;
-
-/// Where pickers come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Picker {
-    /// No display: every pick is `unavailable`.
-    Headless,
-    /// The desktop portal on the D-Bus session bus at this address (`None`: the default
-    /// session bus, from `DBUS_SESSION_BUS_ADDRESS`).
-    Portal { bus: Option<String> },
-}
-
-impl Picker {
-    /// The portal when a display is present, otherwise headless.
-    pub fn from_env() -> Self {
-        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-        if set("DISPLAY") || set("WAYLAND_DISPLAY") {
-            Picker::Portal { bus: None }
-        } else {
-            Picker::Headless
-        }
-    }
-}
 
 /// What a picker picks.
 #[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -78,8 +188,11 @@ pub const MAX_PICKED_WRITE_BYTES: usize = 16 << 20;
 /// The host's picker and every pick made through it; cheap to clone.
 #[derive(Clone)]
 pub struct DialogService {
-    picker: Picker,
+    /// What shows pickers; `None` when headless.
+    chooser: Option<Arc<dyn Chooser>>,
     picks: Arc<Mutex<Picks>>,
+    /// capbridge's own directories: a pick that is one of them or contains one is refused.
+    own_files: OwnFiles,
 }
 
 #[derive(Default)]
@@ -89,9 +202,20 @@ struct Picks {
 }
 
 impl DialogService {
-    pub fn new(picker: Picker) -> Self {
+    /// The service on the configured picker.
+    pub fn new(picker: Picker, own_files: OwnFiles) -> Self {
+        let chooser = match picker {
+            Picker::Headless => None,
+            Picker::Portal { bus } => Some(Arc::new(Portal { bus }) as Arc<dyn Chooser>),
+        };
+        Self::with_chooser(chooser, own_files)
+    }
+
+    /// The service on another chooser (tests use a fake), or none (headless).
+    pub fn with_chooser(chooser: Option<Arc<dyn Chooser>>, own_files: OwnFiles) -> Self {
         Self {
-            picker,
+            chooser,
+            own_files,
             picks: Arc::new(Mutex::new(Picks {
                 next_id: 1,
                 all: Vec::new(),
@@ -125,15 +249,12 @@ impl DialogService {
                 "this session already holds {MAX_PICKS_PER_SESSION} picks"
             )));
         }
-        let bus = match &self.picker {
-            Picker::Headless => {
-                return Err(GuestError::Unavailable(
-                    "a native picker is not available without a display (capbridge is running \
-                     headless); use a granted target instead"
-                        .into(),
-                ))
-            }
-            Picker::Portal { bus } => bus.clone(),
+        let Some(chooser) = self.chooser.clone() else {
+            return Err(GuestError::Unavailable(
+                "a native picker is not available without a display (capbridge is running \
+                 headless); use a granted target instead"
+                    .into(),
+            ));
         };
         // The person must see who asks and what a pick grants; the web app only adds a purpose.
         let grant = match access {
@@ -153,7 +274,8 @@ impl DialogService {
             Access::ReadOnly => "Allow reading",
             Access::ReadWrite => "Allow reading and changing",
         };
-        let Some(uri) = portal_pick(bus.as_deref(), kind, &title, accept)
+        let Some(uri) = chooser
+            .choose(kind, &title, accept)
             .await
             .map_err(|e| GuestError::Unavailable(format!("the file picker failed: {e}")))?
         else {
@@ -171,6 +293,13 @@ impl DialogService {
             .ok_or_else(|| {
                 GuestError::Unavailable(format!("the picker answered {uri:?}, not a local {what}"))
             })?;
+        if let Some(clash) = self.own_files.clash(&host_path) {
+            tracing::warn!(target: "capbridge::audit", component, session, path = %host_path.display(), "refused: pick reaches capbridge's own files");
+            return Err(GuestError::Denied(format!(
+                "{} cannot be opened to a component: {clash}",
+                host_path.display()
+            )));
+        }
         let mut picks = self.picks.lock().expect("picks lock");
         // Again, under the lock: other picks may have finished while the person chose.
         let held = picks
@@ -253,26 +382,15 @@ impl DialogService {
     ) -> Result<Vec<u8>, GuestError> {
         let pick = self.picked_file(session, component, id)?;
         let path = pick.host_path.clone();
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Result<Vec<u8>, u64>> {
-            use std::io::Read as _;
-            let file = std::fs::File::open(&path)?;
-            let mut bytes = Vec::new();
-            file.take(max_bytes.saturating_add(1))
-                .read_to_end(&mut bytes)?;
-            Ok(if bytes.len() as u64 > max_bytes {
-                Err(bytes.len() as u64)
-            } else {
-                Ok(bytes)
-            })
-        })
-        .await
-        .map_err(|e| GuestError::Unavailable(e.to_string()))?;
+        let read = tokio::task::spawn_blocking(move || files::read_at_most(&path, max_bytes))
+            .await
+            .map_err(|e| GuestError::Unavailable(e.to_string()))?;
         match read {
-            Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(_)) => Err(GuestError::TooLarge(format!(
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(GuestError::TooLarge(format!(
                 "picked file `{id}` is larger than {max_bytes} bytes"
             ))),
-            Err(e) => Err(io_error(&pick, e)),
+            Err(e) => Err(files::guest_error(&pick.host_path, e)),
         }
     }
 
@@ -297,23 +415,11 @@ impl DialogService {
             )));
         }
         let path = pick.host_path.clone();
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write as _;
-            let dir = path.parent().unwrap_or(std::path::Path::new("/"));
-            let permissions = std::fs::metadata(&path)?.permissions();
-            let mut temp = tempfile::Builder::new()
-                .prefix(".capbridge-")
-                .suffix(".tmp")
-                .tempfile_in(dir)?;
-            temp.write_all(&content)?;
-            temp.as_file().sync_all()?;
-            temp.as_file().set_permissions(permissions)?;
-            temp.persist(&path).map_err(|e| e.error)?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| GuestError::Unavailable(e.to_string()))?;
-        written.map_err(|e| io_error(&pick, e))?;
+        let written =
+            tokio::task::spawn_blocking(move || files::replace_atomically(&path, &content))
+                .await
+                .map_err(|e| GuestError::Unavailable(e.to_string()))?;
+        written.map_err(|e| files::guest_error(&pick.host_path, e))?;
         tracing::info!(target: "capbridge::audit", component, path = %pick.host_path.display(), "picked file written");
         Ok(())
     }
@@ -324,78 +430,6 @@ impl DialogService {
         let before = picks.all.len();
         picks.all.retain(|p| !ended(p.session));
         before - picks.all.len()
-    }
-}
-
-fn io_error(pick: &Pick, e: std::io::Error) -> GuestError {
-    let message = format!("picked file {}: {e}", pick.host_path.display());
-    match e.kind() {
-        std::io::ErrorKind::NotFound => GuestError::NotFound(message),
-        std::io::ErrorKind::PermissionDenied => GuestError::Denied(message),
-        _ => GuestError::Unavailable(message),
-    }
-}
-
-/// Asks the portal for one directory or file; `Ok(None)` when the person cancels.
-async fn portal_pick(
-    bus: Option<&str>,
-    kind: PickKind,
-    title: &str,
-    accept_label: &str,
-) -> anyhow::Result<Option<String>> {
-    let connection = match bus {
-        Some(address) => zbus::connection::Builder::address(address)?.build().await?,
-        None => zbus::Connection::session().await?,
-    };
-    static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
-    // Only [A-Za-z0-9_]: the token becomes an element of the request's object path.
-    let token = format!(
-        "capbridge_{}_{}",
-        std::process::id(),
-        NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
-    );
-    let sender = connection
-        .unique_name()
-        .map(|n| n.trim_start_matches(':').replace('.', "_"))
-        .unwrap_or_default();
-    let request_path = format!("/org/freedesktop/portal/desktop/request/{sender}/{token}");
-    let request = zbus::Proxy::new(
-        &connection,
-        "org.freedesktop.portal.Desktop",
-        request_path,
-        "org.freedesktop.portal.Request",
-    )
-    .await?;
-    // Subscribe before asking, so the answer cannot be missed.
-    let mut responses = request.receive_signal("Response").await?;
-    let chooser = zbus::Proxy::new(
-        &connection,
-        "org.freedesktop.portal.Desktop",
-        "/org/freedesktop/portal/desktop",
-        "org.freedesktop.portal.FileChooser",
-    )
-    .await?;
-    let mut options: HashMap<&str, Value<'_>> = HashMap::new();
-    options.insert("handle_token", Value::from(token.as_str()));
-    options.insert("directory", Value::from(kind == PickKind::Directory));
-    options.insert("modal", Value::from(true));
-    options.insert("accept_label", Value::from(accept_label));
-    let _handle: OwnedObjectPath = chooser.call("OpenFile", &("", title, options)).await?;
-    let message = responses
-        .next()
-        .await
-        .ok_or_else(|| anyhow::anyhow!("the portal closed the request without an answer"))?;
-    let (code, results): (u32, HashMap<String, OwnedValue>) = message.body().deserialize()?;
-    match code {
-        0 => {
-            let uris = results
-                .get("uris")
-                .ok_or_else(|| anyhow::anyhow!("the portal answered without `uris`"))?;
-            let uris = <Vec<String>>::try_from(uris.try_clone()?)?;
-            Ok(uris.into_iter().next())
-        }
-        1 => Ok(None),
-        other => anyhow::bail!("the portal ended the request (response code {other})"),
     }
 }
 
@@ -422,6 +456,13 @@ pub(crate) fn access_to_guest(access: Access) -> GuestAccess {
 }
 
 impl HostState {
+    fn dialog(&self) -> wasmtime::Result<&DialogService> {
+        self.grants
+            .services
+            .get::<DialogService>()
+            .ok_or_else(|| wasmtime::format_err!("the dialog service is not running"))
+    }
+
     async fn pick(
         &mut self,
         kind: PickKind,
@@ -433,9 +474,8 @@ impl HostState {
             GuestAccess::ReadWrite => Access::ReadWrite,
         };
         let grants = &self.grants;
-        Ok(grants
-            .services
-            .dialog
+        Ok(self
+            .dialog()?
             .pick(
                 kind,
                 &grants.policy.component_id,
@@ -467,14 +507,10 @@ impl Host for HostState {
 
     async fn picks(&mut self) -> wasmtime::Result<Vec<GuestPicked>> {
         let grants = &self.grants;
+        let dialog = self.dialog()?;
         Ok(grants
             .session
-            .map(|s| {
-                grants
-                    .services
-                    .dialog
-                    .picks_of(s, &grants.policy.component_id)
-            })
+            .map(|s| dialog.picks_of(s, &grants.policy.component_id))
             .unwrap_or_default()
             .into_iter()
             .map(GuestPicked::from)
@@ -487,9 +523,8 @@ impl Host for HostState {
         max_bytes: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, GuestError>> {
         let grants = &self.grants;
-        Ok(grants
-            .services
-            .dialog
+        Ok(self
+            .dialog()?
             .read_picked(grants.session, &grants.policy.component_id, &id, max_bytes)
             .await)
     }
@@ -500,9 +535,8 @@ impl Host for HostState {
         content: Vec<u8>,
     ) -> wasmtime::Result<Result<(), GuestError>> {
         let grants = &self.grants;
-        Ok(grants
-            .services
-            .dialog
+        Ok(self
+            .dialog()?
             .write_picked(grants.session, &grants.policy.component_id, &id, content)
             .await)
     }
