@@ -26,7 +26,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
-use capbridge_runtime::caps::events::Event;
+use capbridge_runtime::Event;
 use capbridge_runtime::Runtime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use capbridge_runtime::caps::dialog::Picker;
+use capbridge_runtime::Picker;
 use capbridge_runtime::{Runtime, RuntimeConfig};
 use tower::ServiceExt as _;
 

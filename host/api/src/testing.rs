@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use capbridge_runtime::caps::dialog::Picker;
+use capbridge_runtime::Picker;
 use capbridge_runtime::{Runtime, RuntimeConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;

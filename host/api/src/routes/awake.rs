@@ -11,7 +11,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-use capbridge_runtime::caps::awake::{AwakeStatus, Hold};
+use capbridge_runtime::{AwakeStatus, Hold};
 
 use super::capability::call;
 use super::{RouteModule, Routes, Tier};

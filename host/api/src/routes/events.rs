@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::routes;
 
 use super::{RouteModule, Routes, Tier};
-use capbridge_runtime::caps::events::Event;
+use capbridge_runtime::Event;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;

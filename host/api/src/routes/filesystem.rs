@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use capbridge_runtime::caps::dialog::PickKind;
-use capbridge_runtime::caps::PathOrigin;
 use capbridge_runtime::policy::Access;
+use capbridge_runtime::{PathOrigin, PickKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;

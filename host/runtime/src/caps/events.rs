@@ -144,7 +144,7 @@ impl Default for EventBus {
 }
 
 impl Host for HostState {
-    fn publish(
+    async fn publish(
         &mut self,
         topic: String,
         payload: String,

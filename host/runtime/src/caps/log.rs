@@ -63,7 +63,7 @@ impl Capability for Log {
 pub const MAX_MESSAGE_BYTES: usize = 4 << 10;
 
 impl Host for HostState {
-    fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+    async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let mut end = message.len().min(MAX_MESSAGE_BYTES);
         while !message.is_char_boundary(end) {
             end -= 1;

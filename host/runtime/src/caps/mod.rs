@@ -13,8 +13,8 @@
 //! schema, `component list`, the generated grant tables in the docs, and the runtime's session
 //! and shutdown hooks all iterate it. Nothing outside a unit names a specific capability.
 //!
-//! Adding a capability: a module here, its interface in `wit/host.wit` (and the `imports` line of
-//! `bindgen!` below when it is async), and one line in [`ALL`] (see docs/architecture.md).
+//! Adding a capability: a module here, its interface in `wit/host.wit`, and one line in [`ALL`]
+//! (see docs/architecture.md).
 
 pub mod awake;
 pub mod dialog;
@@ -41,14 +41,10 @@ wasmtime::component::bindgen!({
     path: "../../wit",
     world: "capbridge:host/imports",
     // `tracing` routes every call through the host-call recorder (see `crate::recorder`);
-    // `trappable` lets a host fault trap instead of being mistaken for a guest-visible error.
-    // `async` for the calls that wait on D-Bus, a picker or a child process.
-    imports: {
-        "capbridge:host/awake": async | tracing | trappable,
-        "capbridge:host/dialog": async | tracing | trappable,
-        "capbridge:host/system": async | tracing | trappable,
-        default: tracing | trappable,
-    },
+    // `trappable` lets a host fault trap instead of being mistaken for a guest-visible error;
+    // `async` for every interface, so one that waits (D-Bus, a picker, a child process) needs no
+    // line here.
+    imports: { default: async | tracing | trappable },
 });
 
 pub use capbridge::host::types::Error as GuestError;
