@@ -224,20 +224,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
 fn router_with(shared: Arc<Shared>, extra: Option<Router<Arc<Shared>>>) -> Router {
     use routes::Tier;
     let config = &shared.config;
-    let mut tiers: [Router<Arc<Shared>>; 4] = Default::default();
+    let (mut public, mut session, mut own_deadline, mut socket) = Default::default();
     for module in MODULES {
         for (tier, group) in (module.routes)() {
-            let index = match tier {
-                Tier::Public => 0,
-                Tier::Session => 1,
-                Tier::SessionOwnDeadline => 2,
-                Tier::Socket => 3,
+            let slot: &mut Router<Arc<Shared>> = match tier {
+                Tier::Public => &mut public,
+                Tier::Session => &mut session,
+                Tier::SessionOwnDeadline => &mut own_deadline,
+                Tier::Socket => &mut socket,
             };
-            let (group, _) = group.split_for_parts();
-            tiers[index] = std::mem::take(&mut tiers[index]).merge(group);
+            *slot = std::mem::take(slot).merge(Router::from(group));
         }
     }
-    let [public, session, own_deadline, socket] = tiers;
     let require_session = || from_fn_with_state(shared.clone(), security::require_session);
     let timed = public
         .merge(

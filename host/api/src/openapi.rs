@@ -43,16 +43,20 @@ impl Modify for TokenHeader {
 }
 
 /// The document: the contract's description, then the paths and schemas of every route module
-/// in [`MODULES`], as their handlers declare them.
-pub fn document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    for module in MODULES {
-        for (_, routes) in (module.routes)() {
-            doc.merge(routes.into_openapi());
-        }
-    }
-    doc.info.version = crate::APP_VERSION.to_string();
-    doc
+/// in [`MODULES`], as their handlers declare them. Built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: std::sync::LazyLock<utoipa::openapi::OpenApi> =
+        std::sync::LazyLock::new(|| {
+            let mut doc = ApiDoc::openapi();
+            for module in MODULES {
+                for (_, routes) in (module.routes)() {
+                    doc.merge(routes.into_openapi());
+                }
+            }
+            doc.info.version = crate::APP_VERSION.to_string();
+            doc
+        });
+    &DOCUMENT
 }
 
 #[cfg(test)]

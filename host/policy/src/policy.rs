@@ -209,13 +209,14 @@ impl Policy {
         let home = home.filter(|h| h.is_absolute()).map(Path::to_path_buf);
         // A value of the wrong shape is a syntax error naming its key and line, as the TOML
         // parser's own errors do.
-        let syntax = |key: &str, span: std::ops::Range<usize>, e: toml::de::Error| {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            PolicyError::Syntax {
-                path: source.to_path_buf(),
-                message: format!("{key}: {} at line {line}", e.message().trim_end()),
-            }
+        let line = |span: std::ops::Range<usize>| {
+            text[..span.start.min(text.len())].matches('\n').count() + 1
         };
+        let syntax =
+            |key: &str, span: std::ops::Range<usize>, e: toml::de::Error| PolicyError::Syntax {
+                path: source.to_path_buf(),
+                message: format!("{key}: {} at line {}", e.message().trim_end(), line(span)),
+            };
         if let Some((key, value)) = file
             .grants
             .iter()
@@ -232,28 +233,26 @@ impl Policy {
                         .map(|k| format!("`{k}`"))
                         .collect::<Vec<_>>()
                         .join(", "),
-                    text[..value.span().start.min(text.len())]
-                        .matches('\n')
-                        .count()
-                        + 1
+                    line(value.span())
                 ),
             });
         }
-        let mut take = |key: &str| file.grants.remove(key);
-        let directories: Vec<DirectoryGrantFile> = match take("directories") {
-            Some(v) => {
-                let span = v.span();
-                read(v.into_inner()).map_err(|e| syntax("grants.directories", span, e))?
+        // The baseline keys this crate reads itself; absent means an empty list.
+        fn baseline<T: serde::de::DeserializeOwned + Default>(
+            file: &mut PolicyFile,
+            key: &str,
+            syntax: impl Fn(&str, std::ops::Range<usize>, toml::de::Error) -> PolicyError,
+        ) -> Result<T, PolicyError> {
+            match file.grants.remove(key) {
+                Some(value) => {
+                    let span = value.span();
+                    read(value.into_inner()).map_err(|e| syntax(&format!("grants.{key}"), span, e))
+                }
+                None => Ok(T::default()),
             }
-            None => Vec::new(),
-        };
-        let environment: Vec<String> = match take("environment") {
-            Some(v) => {
-                let span = v.span();
-                read(v.into_inner()).map_err(|e| syntax("grants.environment", span, e))?
-            }
-            None => Vec::new(),
-        };
+        }
+        let directories: Vec<DirectoryGrantFile> = baseline(&mut file, "directories", syntax)?;
+        let environment: Vec<String> = baseline(&mut file, "environment", syntax)?;
 
         let mut problems = Problems::default();
         check_limits(&file.limits, &mut problems);

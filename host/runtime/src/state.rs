@@ -18,7 +18,8 @@ use crate::caps::Services;
 use crate::output::CappedOutput;
 
 /// What the capbridge interfaces of a store act on: the policy that scopes them, the bus, the
-/// capabilities' host-wide services, and the contract session the call is made for.
+/// host-wide services of the capabilities the policy grants, and the contract session the call
+/// is made for.
 pub struct Grants {
     pub policy: Arc<Policy>,
     pub events: EventBus,
@@ -125,7 +126,7 @@ impl HostState {
                 })?;
         }
         // What the granted capabilities add for this session (a person's picks).
-        for service in services.granted_to(&policy) {
+        for service in services.all() {
             service.prepare_store(&policy, session, &mut wasi);
         }
         if let Some(determinism) = determinism {

@@ -64,7 +64,7 @@ pub async fn health() -> Json<Health> {
 /// This OpenAPI document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "bridge",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(crate::openapi::document())
 }
 

@@ -67,8 +67,14 @@ pub const MODULES: &[RouteModule] = &[
 /// Every path this bridge serves, canonical form (`{x}`: one segment), as the registered
 /// modules declare them (the contract's routes it answers with 501 are [`NOT_SUPPORTED`]).
 pub fn routes() -> &'static [String] {
-    static ROUTES: LazyLock<Vec<String>> =
-        LazyLock::new(|| crate::openapi::document().paths.paths.into_keys().collect());
+    static ROUTES: LazyLock<Vec<String>> = LazyLock::new(|| {
+        crate::openapi::document()
+            .paths
+            .paths
+            .keys()
+            .cloned()
+            .collect()
+    });
     &ROUTES
 }
 

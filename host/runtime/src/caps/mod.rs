@@ -205,12 +205,17 @@ impl Services {
         })
     }
 
-    /// The services of the capabilities `policy` grants, for its stores.
-    pub fn granted_to<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = &'a dyn Service> {
-        self.running
-            .iter()
-            .filter(|(key, _)| policy.grants_key(key))
-            .map(|(_, service)| &**service)
+    /// The services of the capabilities `policy` grants: what its stores may reach (picked once
+    /// per loaded component, not per call).
+    pub fn granted_to(&self, policy: &Policy) -> Self {
+        Self {
+            running: self
+                .running
+                .iter()
+                .filter(|(key, _)| policy.grants_key(key))
+                .cloned()
+                .collect(),
+        }
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Service>> {

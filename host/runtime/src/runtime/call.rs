@@ -144,7 +144,7 @@ impl Runtime {
         let state = HostState::new(
             loaded.policy.clone(),
             self.events.clone(),
-            self.services.clone(),
+            loaded.services.clone(),
             session,
             self.config.determinism,
         )

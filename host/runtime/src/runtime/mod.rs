@@ -185,6 +185,8 @@ struct Entry {
 
 struct Loaded {
     policy: Arc<Policy>,
+    /// The services of the capabilities its policy grants.
+    services: Services,
     pre: InstancePre<HostState>,
     functions: BTreeMap<String, Function>,
     persistent: Option<tokio::sync::Mutex<Option<Live>>>,
@@ -250,16 +252,6 @@ impl Runtime {
         &self.events
     }
 
-    /// The capabilities' host-wide services, for tests and tools that look inside one.
-    pub fn services(&self) -> &Services {
-        &self.services
-    }
-
-    /// capbridge's own files and port, which no component may reach.
-    pub fn own_files(&self) -> &OwnFiles {
-        &self.own_files
-    }
-
     /// Every host path `component` may reach in a call made for `session`: the directories its
     /// policy grants, then what the granted capabilities opened to that session (picks).
     /// `None` when there is no such component with a valid policy.
@@ -275,7 +267,7 @@ impl Runtime {
                 origin: PathOrigin::Policy,
             })
             .collect();
-        for service in self.services.granted_to(&policy) {
+        for service in self.services.granted_to(&policy).all() {
             paths.extend(service.paths(component, session));
         }
         Some(paths)
@@ -486,6 +478,7 @@ impl Runtime {
             (policy.instance == InstanceMode::Persistent).then(|| tokio::sync::Mutex::new(None));
         Ok((
             Loaded {
+                services: self.services.granted_to(&policy),
                 policy,
                 pre,
                 functions,

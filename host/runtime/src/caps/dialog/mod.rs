@@ -7,7 +7,7 @@
 //!
 //! A pick widens access only for the session that asked and only for the component that asked:
 //! the picked directory is preopened at `/picked-<id>` in that component's later calls made for
-//! that session ([`DialogService::preopens`]), and in no other store. Picks end with their
+//! that session (its `Service::prepare_store`), and in no other store. Picks end with their
 //! session ([`DialogService::forget_where`]). Each pick is logged to the audit target.
 //!
 //! Files: the unit and the pick registry here; the portal client in `portal.rs` (behind
@@ -350,7 +350,7 @@ impl DialogService {
     }
 
     /// The directories to preopen for a call of `component` on behalf of `session`.
-    pub fn preopens(&self, session: Option<u64>, component: &str) -> Vec<Pick> {
+    fn preopens(&self, session: Option<u64>, component: &str) -> Vec<Pick> {
         let mut picks = session.map_or_else(Vec::new, |s| self.picks_of(s, component));
         picks.retain(|p| p.kind == PickKind::Directory);
         picks
