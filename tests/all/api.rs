@@ -865,6 +865,7 @@ async fn a_slow_client_loses_events_and_is_told_while_others_get_everything() {
                 source: "test".into(),
                 topic: "test.flood".into(),
                 payload: json!({ "n": batch * per_batch + i, "padding": padding }),
+                audience: None,
             });
         }
         // The fast client keeps up: it receives every event of the batch, in order.

@@ -10,6 +10,7 @@
 
 mod api;
 mod browser;
+mod commands;
 mod contract_doc;
 mod filesystem;
 mod invoke;

@@ -113,6 +113,7 @@ impl Fixture {
             determinism: None,
             picker: capbridge_runtime::caps::dialog::Picker::Headless,
             own_files: Default::default(),
+            state_dir: self.path().join("state"),
         }
     }
 

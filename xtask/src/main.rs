@@ -46,11 +46,18 @@ fn xtask() -> anyhow::Result<()> {
             ensure_toolchain()?;
             // The browser end-to-end test drives Chromium; the contract doc test runs curl and jq.
             // dbus-daemon: the private session bus the sleep-prevention and picker tests run on.
+            // The command tests run git, answer prompts in a pseudo-terminal (script), call the
+            // prompt socket as another user (setpriv) and contain runs in PID namespaces
+            // (unshare).
             ensure_packages(&[
                 ("chromium", "chromium"),
                 ("curl", "curl"),
                 ("jq", "jq"),
                 ("dbus-daemon", "dbus-daemon"),
+                ("git", "git"),
+                ("script", "bsdutils"),
+                ("setpriv", "util-linux"),
+                ("unshare", "util-linux"),
             ])?;
             build_guests(&root)?;
             run(cargo().args(["fmt", "--all", "--", "--check"]))

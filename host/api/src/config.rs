@@ -53,6 +53,11 @@ pub struct BridgeConfig {
     /// Reported in `/api/v1/bridge/runtime`; the tray itself belongs to the desktop shell.
     #[serde(default)]
     pub tray_mode: bool,
+    /// Lets the web app answer its own sessions' command prompts through
+    /// `POST /api/v1/system/permissions/prompts/:requestId/resolve`: it can then approve its own
+    /// commands. Off: only the person answers (the terminal running `serve`, `capbridge prompts`).
+    #[serde(default)]
+    pub web_approvals: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -148,13 +148,26 @@ where
         } else {
             &bytes
         };
-        serde_json::from_slice(text).map(ApiJson).map_err(|e| {
+        // The path names the field that is wrong (`template.args`), however deep.
+        let mut deserializer = serde_json::Deserializer::from_slice(text);
+        let parsed = match serde_path_to_error::deserialize(&mut deserializer) {
+            Ok(value) => deserializer
+                .end()
+                .map(|()| value)
+                .map_err(|e| (String::new(), e)),
+            Err(e) => Err((e.path().to_string(), e.into_inner())),
+        };
+        parsed.map(ApiJson).map_err(|(path, e)| {
             let code = if e.is_syntax() || e.is_eof() {
                 "malformed_json"
             } else {
                 "invalid_request"
             };
-            ApiError::bad_request(code, format!("request body: {e}"))
+            let message = match path.as_str() {
+                "." | "" => format!("request body: {e}"),
+                path => format!("request body: `{path}`: {e}"),
+            };
+            ApiError::bad_request(code, message)
         })
     }
 }

@@ -96,6 +96,7 @@ impl Shared {
             source: BRIDGE_SOURCE.into(),
             topic: topic.into(),
             payload,
+            audience: None,
         });
     }
 }

@@ -24,6 +24,7 @@ fn shared() -> (Arc<Shared>, tempfile::TempDir) {
         determinism: None,
         picker: Picker::Headless,
         own_files: Default::default(),
+        state_dir: dir.path().join("state"),
     })
     .expect("runtime");
     let config = BridgeConfig {

@@ -37,6 +37,7 @@ impl TestBridge {
             determinism: None,
             picker: Picker::Headless,
             own_files: Default::default(),
+            state_dir: dir.path().join("state"),
         })
         .expect("runtime");
         runtime.load_all(&mut |_| {}).expect("load nothing");

@@ -15,6 +15,8 @@ use capbridge_runtime::{
     CallOptions, ComponentInfo, ComponentStatus, LoadEvent, Runtime, RuntimeConfig,
 };
 use clap::{Parser, Subcommand};
+
+mod prompts;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
@@ -60,6 +62,31 @@ enum Command {
     /// Check and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Answer the prompts of a running `capbridge serve` (commands waiting for your approval),
+    /// from any terminal of the same user.
+    Prompts {
+        /// The port of the bridge [default: the config's port]
+        #[arg(long)]
+        port: Option<u16>,
+        #[command(subcommand)]
+        command: PromptsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PromptsCommand {
+    /// The prompts waiting for an answer, oldest first.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow this once.
+    Allow { id: String },
+    /// Allow, and whitelist the template: the same request runs without asking again.
+    Always { id: String },
+    /// Reject.
+    Reject { id: String },
 }
 
 #[derive(Subcommand)]
@@ -147,7 +174,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
                 .to_string();
             let policy = caps::load_policy(&id, &file)?;
-            print!("{}", policy.explain());
+            let others = other_policies(&config.policy_dir, &file);
+            let others: Vec<&Policy> = others.iter().collect();
+            let mut explanation = policy.explain();
+            explanation
+                .lines
+                .extend(caps::explain_among(&policy, &others));
+            print!("{explanation}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Schema) => {
@@ -223,6 +256,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { port, dev } => serve(config, &config_file?, port, dev),
+        Command::Prompts { port, command } => {
+            let port = match port {
+                Some(port) => port,
+                None => BridgeConfig::load_or_create(&config_file?)?.port,
+            };
+            answer_prompts(port, command)
+        }
         Command::Config(command) => {
             let path = config_file?;
             let mut bridge = BridgeConfig::load_or_create(&path)?;
@@ -232,6 +272,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("# {}", path.display());
             print!("{}", std::fs::read_to_string(&path)?);
+            if bridge.web_approvals {
+                println!(
+                    "# WARNING: web-approvals = true lets the web app approve its own commands: \
+                     a prompt it answers runs without you. Set it to false to answer prompts \
+                     only here (the `serve` terminal, `capbridge prompts`)."
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -278,6 +325,13 @@ fn serve(
         let origins = bridge.allowed_origins();
         let mode = bridge.mode;
         let server = Server::start(listener, runtime.clone(), bridge, options)?;
+        let socket = prompts::socket_path(server.addr().port());
+        let prompt_socket = prompts::bind(&socket).await?;
+        let answering = tokio::spawn(prompts::serve_socket(
+            prompt_socket,
+            runtime.approvals().clone(),
+        ));
+        prompts::ask_in_terminal(runtime.approvals().clone());
         println!("capbridge listening on http://{}", server.addr());
         println!(
             "  {loaded} of {total} components loaded; mode {mode:?}; allowed origins: {}",
@@ -286,6 +340,12 @@ fn serve(
             } else {
                 origins.join(", ")
             }
+        );
+        println!(
+            "  commands wait for your approval: here (when this is a terminal), or `capbridge \
+             prompts --port {}` (socket {})",
+            server.addr().port(),
+            socket.display()
         );
         println!("  Ctrl-C or SIGTERM to stop");
         let mut events = runtime.events().subscribe();
@@ -298,11 +358,87 @@ fn serve(
                 },
             }
         }
+        answering.abort();
+        let _ = std::fs::remove_file(&socket);
         server.shutdown(SHUTDOWN_GRACE).await?;
         println!("capbridge: stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `capbridge prompts …`: one request over the prompt socket of the bridge on `port`.
+fn answer_prompts(port: u16, command: PromptsCommand) -> anyhow::Result<ExitCode> {
+    use capbridge_runtime::approvals::Decision;
+    let (request, json) = match command {
+        PromptsCommand::List { json } => (prompts::Request::List, json),
+        PromptsCommand::Allow { id } => (
+            prompts::Request::Decide {
+                id,
+                decision: Decision::AllowOnce,
+            },
+            false,
+        ),
+        PromptsCommand::Always { id } => (
+            prompts::Request::Decide {
+                id,
+                decision: Decision::AllowAndWhitelist,
+            },
+            false,
+        ),
+        PromptsCommand::Reject { id } => (
+            prompts::Request::Decide {
+                id,
+                decision: Decision::Reject,
+            },
+            false,
+        ),
+    };
+    let decision = match &request {
+        prompts::Request::Decide { decision, .. } => Some(*decision),
+        prompts::Request::List => None,
+    };
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let response = tokio.block_on(prompts::ask(port, &request))?;
+    if !response.ok {
+        anyhow::bail!("{}", response.error.unwrap_or_default());
+    }
+    if let Some(list) = response.prompts {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        } else if list.is_empty() {
+            println!("no prompts waiting");
+        } else {
+            for prompt in &list {
+                println!("{}", prompts::describe(prompt));
+            }
+        }
+    }
+    if let (Some(prompt), Some(decision)) = (response.prompt, decision) {
+        println!("{}: {}", prompt.id, prompts::decision_name(decision));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The policies in `dir` other than `except`, those that read (for `policy explain`'s risks of
+/// grants taken together).
+fn other_policies(dir: &Path, except: &Path) -> Vec<Policy> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let except = std::fs::canonicalize(except).ok();
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| std::fs::canonicalize(p).ok() != except)
+        .filter_map(|p| {
+            let id = p.file_stem()?.to_str()?.to_string();
+            caps::load_policy(&id, &p).ok()
+        })
+        .collect()
 }
 
 /// How long in-flight requests get to finish at shutdown before they are cancelled.
@@ -378,6 +514,10 @@ fn runtime_config(cli: &Cli, config_file: Option<&Path>) -> anyhow::Result<Runti
                 .context("no home directory: pass --cache")?
                 .cache_dir()
                 .join("compiled"),
+        },
+        state_dir: match &dirs {
+            Some(dirs) => dirs.data_dir().join("state"),
+            None => anyhow::bail!("no home directory: capbridge has nowhere to keep its state"),
         },
         determinism: None,
         picker: caps::dialog::Picker::from_env(),

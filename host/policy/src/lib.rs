@@ -31,7 +31,9 @@ pub use file::{
 };
 pub use grant::{read as read_grant, read_list, Grant, GrantContext, GrantKind};
 pub use network::{is_private_address, NetworkGrant, Scheme};
-pub use policy::{DirectoryGrant, GrantEntry, Limits, Policy, PolicyError, Problem, BASELINE_KEYS};
+pub use policy::{
+    host_path, DirectoryGrant, GrantEntry, Limits, Policy, PolicyError, Problem, BASELINE_KEYS,
+};
 pub use topic::{check_topic, TopicPattern};
 
 /// The policy format version this crate reads.

@@ -410,8 +410,9 @@ fn check_directories(
     granted
 }
 
-/// Expand and check a directory grant's host path.
-fn host_path(text: &str, home: Option<&Path>) -> Result<PathBuf, String> {
+/// Expands and checks a host path written in a policy: absolute, or `~/...` (in the home
+/// directory), without `..`; canonical when it exists.
+pub fn host_path(text: &str, home: Option<&Path>) -> Result<PathBuf, String> {
     if text.contains('\0') {
         return Err("must not contain a NUL character".to_string());
     }

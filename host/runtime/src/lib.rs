@@ -4,12 +4,14 @@
 //! - [`cache`]: compiled components on disk, keyed by content and engine compatibility.
 //! - [`linker`]: a linker holding only what a policy grants, and the import check before it.
 //! - [`state`]: the per-store host state built from a policy (WASI context, limits, captures).
+//! - [`approvals`]: prompts a person answers before the host does something risky.
 //! - [`caps`]: the capabilities, one unit per host interface, and [`caps::ALL`], their registry.
 //! - [`own_files`]: capbridge's own files and port, which no grant may reach.
 //! - [`values`]: the generic JSON ⇄ WIT conversion and JSON Schemas for exports.
 //! - [`recorder`]: the one layer every host import call passes through, able to record it.
 //! - [`runtime`]: discovery, loading and invocation with limits — the API the rest of capbridge uses.
 
+pub mod approvals;
 pub mod cache;
 pub mod caps;
 pub mod engine;

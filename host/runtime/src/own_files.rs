@@ -66,6 +66,21 @@ impl OwnFiles {
         })
     }
 
+    /// Why `path` may not be a place a component works in (a command's working directory), if
+    /// it is one of capbridge's own directories or lies inside one. Containing one is fine: a
+    /// working directory opens nothing to the component.
+    pub fn within(&self, path: &Path) -> Option<String> {
+        let path = absolute(path);
+        self.dirs.iter().find_map(|(what, dir)| {
+            path.starts_with(dir).then(|| {
+                format!(
+                    "it is or lies inside capbridge's {what} ({})",
+                    dir.display()
+                )
+            })
+        })
+    }
+
     /// Why `grant` may not be given to a component, if it reaches the bridge itself.
     pub fn network_clash(&self, grant: &NetworkGrant) -> Option<String> {
         let port = self.port?;

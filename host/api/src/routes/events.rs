@@ -160,6 +160,8 @@ async fn stream(
     loop {
         tokio::select! {
             received = events.recv() => match received {
+                // A run's events and its prompt are its session's alone.
+                Ok(event) if event.audience.is_some_and(|a| a != session) => {}
                 Ok(event) => {
                     if !sender.send(&event.topic, &event.source, event.payload).await {
                         return;

@@ -14,6 +14,7 @@ pub mod events;
 pub mod filesystem;
 pub mod session;
 pub mod system;
+pub mod system_commands;
 
 use std::sync::{Arc, LazyLock};
 
@@ -61,6 +62,7 @@ pub const MODULES: &[RouteModule] = &[
     filesystem::MODULE,
     awake::MODULE,
     system::MODULE,
+    system_commands::MODULE,
     NOT_SUPPORTED_MODULE,
 ];
 
@@ -81,7 +83,6 @@ pub fn routes() -> &'static [String] {
 /// Capabilities of seed 000 that this bridge does not provide, with why.
 pub const UNAVAILABLE: &[(&str, &str)] = &[
     ("mcp_proxy", "not supported yet"),
-    ("command_permissions", "not supported yet"),
     ("tray_mode", "the headless bridge has no tray"),
 ];
 
@@ -100,14 +101,6 @@ pub const NOT_SUPPORTED: &[&str] = &[
     "/api/v1/mcp/servers/{serverId}/disconnect",
     "/api/v1/mcp/servers/{serverId}/capabilities",
     "/api/v1/mcp/call",
-    "/api/v1/system/tools/install",
-    "/api/v1/system/commands/execute",
-    "/api/v1/system/commands/runs",
-    "/api/v1/system/commands/runs/{runId}",
-    "/api/v1/system/commands/runs/{runId}/terminate",
-    "/api/v1/system/permissions/commands",
-    "/api/v1/system/permissions/commands/{ruleId}",
-    "/api/v1/system/permissions/prompts/{requestId}/resolve",
 ];
 
 fn not_supported() -> Routes {

@@ -101,6 +101,9 @@ impl Capability for Events {
 /// The `source` of the host's own events; no component may take this name.
 pub const HOST_SOURCE: &str = "capbridge";
 
+/// How far behind the slowest subscriber may be before [`EventBus::publish_paced`] waits.
+pub const PACE_BACKLOG: usize = 64;
+
 /// Largest payload a component may publish.
 pub const MAX_PAYLOAD_BYTES: usize = 64 << 10;
 
@@ -111,6 +114,10 @@ pub struct Event {
     pub source: String,
     pub topic: String,
     pub payload: serde_json::Value,
+    /// The one contract session that may see it (a run's output, its prompt); `None`: every
+    /// session.
+    #[serde(skip)]
+    pub audience: Option<u64>,
 }
 
 /// The bus components and the host publish on; subscribers each get every event from the moment
@@ -130,6 +137,16 @@ impl EventBus {
     pub fn publish(&self, event: Event) {
         // No subscriber is not an error: nobody is listening yet.
         let _ = self.sender.send(event);
+    }
+
+    /// Publishes `event` once the slowest subscriber is within [`PACE_BACKLOG`] events of the
+    /// newest: a producer of many events (a command's output) waits for its readers instead of
+    /// making them lose events.
+    pub async fn publish_paced(&self, event: Event) {
+        while self.sender.len() >= PACE_BACKLOG {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        self.publish(event);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -181,6 +198,7 @@ impl Host for HostState {
             source: policy.component_id.clone(),
             topic,
             payload,
+            audience: None,
         });
         Ok(Ok(()))
     }

@@ -21,17 +21,19 @@ pub mod dialog;
 pub mod events;
 pub mod log;
 pub mod network;
+pub mod process;
 pub mod system;
 
 use std::any::Any;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use capbridge_policy::{Access, Grant, GrantKind, Policy};
+use capbridge_policy::{Access, ExplainLine, Grant, GrantKind, Policy};
 use futures_util::future::BoxFuture;
 use wasmtime::component::Linker;
 use wasmtime_wasi::WasiCtxBuilder;
 
+use crate::approvals::Approvals;
 use crate::own_files::OwnFiles;
 use crate::runtime::RuntimeConfig;
 use crate::state::HostState;
@@ -59,6 +61,7 @@ pub static ALL: &[&dyn Capability] = &[
     &awake::Awake,
     &dialog::Dialog,
     &system::System,
+    &process::Process,
 ];
 
 /// The policy halves of [`ALL`], for reading policy files.
@@ -78,6 +81,14 @@ pub fn load_policy(
     path: &std::path::Path,
 ) -> Result<Policy, capbridge_policy::PolicyError> {
     Policy::load(component_id, path, &grant_kinds())
+}
+
+/// What a reviewer should know about `policy` given the other components' policies: risks of
+/// grants taken together.
+pub fn explain_among(policy: &Policy, others: &[&Policy]) -> Vec<ExplainLine> {
+    ALL.iter()
+        .flat_map(|cap| cap.explain_among(policy, others))
+        .collect()
 }
 
 /// The capabilities as rows of a Markdown table (`| key | interfaces | allows | without it |`),
@@ -124,18 +135,30 @@ pub trait Capability: GrantKind {
     fn granted_by(&self, policy: &Policy) -> bool {
         policy.grants_key(self.key())
     }
+
+    /// What a reviewer should know about `policy`'s grant given the other components'
+    /// policies (`others`): a risk that comes from two grants together.
+    fn explain_among(&self, _policy: &Policy, _others: &[&Policy]) -> Vec<ExplainLine> {
+        Vec::new()
+    }
 }
 
 /// What a capability's host-wide state is created from.
 pub struct HostContext<'a> {
     pub config: &'a RuntimeConfig,
     pub events: &'a EventBus,
+    /// The host's prompts for a person.
+    pub approvals: &'a Approvals,
     /// capbridge's own files and port: what no grant or pick may reach.
     pub own_files: &'a OwnFiles,
 }
 
 /// The host-wide state of one capability, shared by every store of the runtime.
 pub trait Service: Any + Send + Sync {
+    /// The components are loaded; `policies` are theirs (a capability may warn about what they
+    /// grant together).
+    fn loaded(&self, _policies: &[&Policy]) {}
+
     /// Adds to a new store of `policy`'s component, made for `session`, what this capability
     /// gives it (a picked directory mounted for that session). Called only when the policy
     /// grants the capability.
@@ -202,6 +225,14 @@ impl Services {
         self.running.iter().find_map(|(_, service)| {
             let any: &dyn Any = &**service;
             any.downcast_ref::<S>()
+        })
+    }
+
+    /// The service of type `S`, shared, for work that outlives the call (a child process).
+    pub fn get_arc<S: Service>(&self) -> Option<Arc<S>> {
+        self.running.iter().find_map(|(_, service)| {
+            let any: Arc<dyn Any + Send + Sync> = service.clone();
+            any.downcast::<S>().ok()
         })
     }
 

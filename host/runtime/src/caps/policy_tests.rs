@@ -388,6 +388,65 @@ mod policy {
     }
 
     #[test]
+    fn process_is_granted_only_when_written_and_checked() {
+        use super::super::process::ProcessGrant;
+        assert!(ok("version = 1").grant::<ProcessGrant>().is_none());
+        let p = ok(
+            "version = 1\n[grants.process]\nprograms = [\"git\", \"/opt/x/bin/tool\"]\n\
+             working-directories = [\"/tmp\"]\ninherit-environment = [\"LANG\"]\n\
+             request-environment = [\"GIT_*\"]\n",
+        );
+        let grant = p.grant::<ProcessGrant>().unwrap();
+        assert_eq!(grant.programs, ["git", "/opt/x/bin/tool"]);
+        assert_eq!(
+            grant.working_directories,
+            [std::fs::canonicalize("/tmp").unwrap()]
+        );
+        assert_eq!(grant.request_environment, ["GIT_*"]);
+        for (text, key) in [
+            ("programs = []\nworking-directories = [\"/tmp\"]", "grants.process.programs"),
+            ("programs = [\"bin/git\"]\nworking-directories = [\"/tmp\"]", "grants.process.programs[0]"),
+            ("programs = [\"*\"]\nworking-directories = []", "grants.process.working-directories"),
+            ("programs = [\"*\"]\nworking-directories = [\"relative\"]", "grants.process.working-directories[0]"),
+            ("programs = [\"*\"]\nworking-directories = [\"/tmp\"]\ninherit-environment = [\"A-B\"]", "grants.process.inherit-environment[0]"),
+            ("programs = [\"*\"]\nworking-directories = [\"/tmp\"]\nrequest-environment = [\"*\"]", "grants.process.request-environment[0]"),
+        ] {
+            let message = problem(&format!("version = 1\n[grants.process]\n{text}\n"));
+            assert!(message.starts_with(key), "{text}: {message}");
+        }
+        assert!(
+            syntax_error("version = 1\n[grants.process]\nprograms = [\"*\"]\n")
+                .contains("working-directories")
+        );
+        assert!(syntax_error("version = 1\n[grants.process]\nprograms = [\"*\"]\nworking-directories = [\"/tmp\"]\nshell = true\n").contains("shell"));
+    }
+
+    #[test]
+    fn explain_flags_processes_and_writable_working_directories() {
+        let text =
+            "version = 1\n[grants.process]\nprograms = [\"*\"]\nworking-directories = [\"/tmp\"]\n\
+                    request-environment = [\"NODE_OPTIONS\"]\n";
+        let p = ok(text);
+        let risks: Vec<String> = p.explain().risks().map(|l| l.text.clone()).collect();
+        assert!(risks.iter().any(|r| r.contains("any program")), "{risks:?}");
+        assert!(
+            risks.iter().any(|r| r.contains("NODE_OPTIONS")),
+            "{risks:?}"
+        );
+        let writer = ok("version = 1\n[[grants.directories]]\nhost = \"/tmp\"\nguest = \"/w\"\naccess = \"read-write\"\n");
+        let among = super::super::explain_among(&p, &[&writer]);
+        assert_eq!(among.len(), 1, "{among:?}");
+        assert!(among[0].risk.as_deref().unwrap().contains(".git/config"));
+        let reader = ok("version = 1\n[[grants.directories]]\nhost = \"/tmp\"\nguest = \"/w\"\naccess = \"read-only\"\n");
+        assert!(super::super::explain_among(&p, &[&reader]).is_empty());
+        assert!(ok("version = 1")
+            .explain()
+            .not_granted
+            .join("\n")
+            .contains("no processes"));
+    }
+
+    #[test]
     fn explain_flags_pickers_and_programs() {
         let p = ok("version = 1\n[grants]\nawake = true\ndialog = true\n[grants.system]\nprograms = [\"git\"]\n");
         let explained = p.explain();

@@ -27,6 +27,7 @@ use wasmtime::component::types::Type;
 use wasmtime::component::{ComponentExportIndex, Instance, InstancePre};
 use wasmtime::{Engine, Store};
 
+use crate::approvals::Approvals;
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::caps::dialog::Picker;
 use crate::caps::events::EventBus;
@@ -53,6 +54,8 @@ pub struct RuntimeConfig {
     /// capbridge's own files and port beyond the three directories above (the config and data
     /// directories, the bridge's port), which no grant or pick may reach.
     pub own_files: OwnFiles,
+    /// Where capbridge keeps its own state (whitelist rules); out of every component's reach.
+    pub state_dir: PathBuf,
 }
 
 /// Progress while loading, for a caller to show.
@@ -172,6 +175,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     cache: CompileCache,
     events: EventBus,
+    approvals: Approvals,
     services: Services,
     own_files: OwnFiles,
     components: BTreeMap<String, Entry>,
@@ -222,10 +226,13 @@ impl Runtime {
             .clone()
             .with_path("components directory", &config.components_dir)
             .with_path("policy directory", &config.policy_dir)
-            .with_path("compile cache", &config.cache_dir);
+            .with_path("compile cache", &config.cache_dir)
+            .with_path("state directory", &config.state_dir);
+        let approvals = Approvals::default();
         let services = Services::start(&HostContext {
             config: &config,
             events: &events,
+            approvals: &approvals,
             own_files: &own_files,
         });
         Ok(Self {
@@ -233,6 +240,7 @@ impl Runtime {
             engine,
             config,
             events,
+            approvals,
             services,
             own_files,
             components: BTreeMap::new(),
@@ -250,6 +258,12 @@ impl Runtime {
 
     pub fn events(&self) -> &EventBus {
         &self.events
+    }
+
+    /// The prompts waiting for a person, and the way to answer them. Only the host's own faces
+    /// (the terminal, `capbridge prompts`, the opted-in resolve route) reach this.
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
     }
 
     /// Every host path `component` may reach in a call made for `session`: the directories its
@@ -344,6 +358,15 @@ impl Runtime {
             components.insert(id, entry);
         }
         self.components = components;
+        let policies: Vec<&Policy> = self
+            .components
+            .values()
+            .filter(|e| e.loaded.is_some())
+            .filter_map(|e| e.info.policy.as_deref())
+            .collect();
+        for service in self.services.all() {
+            service.loaded(&policies);
+        }
         Ok(())
     }
 

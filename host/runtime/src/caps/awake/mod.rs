@@ -302,6 +302,7 @@ impl AwakeService {
             source: super::events::HOST_SOURCE.into(),
             topic: topic.into(),
             payload,
+            audience: None,
         });
     }
 }

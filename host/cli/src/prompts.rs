@@ -1,0 +1,317 @@
+//! Where the person answers prompts while there is no desktop window: the terminal running
+//! `capbridge serve` (when it is interactive), and `capbridge prompts` from another terminal of
+//! the same user, over a Unix socket that checks the caller's user id (`SO_PEERCRED`). Neither
+//! is reachable through the localhost contract.
+//!
+//! The socket speaks one JSON line each way per connection: `{"op": "list"}` or `{"op":
+//! "decide", "id": "req-1", "decision": "allow_once" | "allow_and_whitelist" | "reject"}`,
+//! answered by `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
+
+use std::collections::HashSet;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use capbridge_runtime::approvals::{Approvals, DecideError, Decider, Decision, Prompt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Longest request line accepted on the socket.
+const MAX_LINE_BYTES: u64 = 64 << 10;
+/// How long one socket connection may take, start to end.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Socket connections served at once.
+const MAX_CONNECTIONS: usize = 8;
+
+/// The prompt socket of the bridge on `port`: in `$XDG_RUNTIME_DIR/capbridge/`, else in
+/// `/tmp/capbridge-<uid>/`.
+pub fn socket_path(port: u16) -> PathBuf {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
+        Some(runtime) => PathBuf::from(runtime).join("capbridge"),
+        None => {
+            std::env::temp_dir().join(format!("capbridge-{}", rustix::process::getuid().as_raw()))
+        }
+    };
+    dir.join(format!("prompts-{port}.sock"))
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    List,
+    Decide { id: String, decision: Decision },
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<Vec<Prompt>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Prompt>,
+}
+
+impl Response {
+    fn error(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(message.into()),
+            prompts: None,
+            prompt: None,
+        }
+    }
+}
+
+/// Binds the prompt socket: its directory is created `0700` (or must already be this user's and
+/// `0700`), a stale socket of a bridge that is gone is replaced, a live one is an error.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    let dir = path.parent().context("socket path has a directory")?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let meta = std::fs::metadata(dir)?;
+    let uid = rustix::process::getuid().as_raw();
+    anyhow::ensure!(
+        meta.uid() == uid && meta.permissions().mode() & 0o077 == 0,
+        "{} must belong to you and be private (mode 0700) to hold the prompt socket",
+        dir.display()
+    );
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another capbridge answers prompts at {} (same port?)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers `capbridge prompts` on `listener` until the task is dropped.
+pub async fn serve_socket(listener: UnixListener, approvals: Approvals) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let approvals = approvals.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, answer(stream, &approvals)).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, approvals: &Approvals) -> std::io::Result<()> {
+    let me = rustix::process::getuid().as_raw();
+    let peer = stream.peer_cred()?.uid();
+    let (read, mut write) = stream.into_split();
+    // Read the request even from a caller who is refused, so that it reads the refusal rather
+    // than a broken pipe.
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_LINE_BYTES))
+        .read_line(&mut line)
+        .await?;
+    let response = if peer != me {
+        tracing::warn!(target: "capbridge::audit", peer_uid = peer, "prompt socket: refused a caller of another user");
+        Response::error("this prompt socket answers only its own user")
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::error(format!("not a prompt request: {e}")),
+            Ok(Request::List) => Response {
+                ok: true,
+                error: None,
+                prompts: Some(approvals.pending()),
+                prompt: None,
+            },
+            Ok(Request::Decide { id, decision }) => {
+                match approvals.decide(&id, decision, Decider::PromptsCli) {
+                    Ok(prompt) => Response {
+                        ok: true,
+                        error: None,
+                        prompts: None,
+                        prompt: Some(prompt),
+                    },
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+        }
+    };
+    let mut text = serde_json::to_string(&response).expect("serializable");
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+/// Sends one request to the bridge on `port` and returns its answer.
+pub async fn ask(port: u16, request: &Request) -> anyhow::Result<Response> {
+    let path = socket_path(port);
+    let talk = async {
+        let mut stream = UnixStream::connect(&path).await.with_context(|| {
+            format!(
+                "no capbridge answers prompts at {} (is `capbridge serve` running on port {port}? \
+                 pass --port to choose another bridge)",
+                path.display()
+            )
+        })?;
+        let mut line = serde_json::to_string(request)?;
+        line.push('\n');
+        stream.write_all(line.as_bytes()).await?;
+        let mut answer = String::new();
+        BufReader::new(stream.take(16 << 20))
+            .read_line(&mut answer)
+            .await?;
+        serde_json::from_str::<Response>(&answer).context("unreadable answer from the bridge")
+    };
+    tokio::time::timeout(CONNECTION_TIMEOUT, talk)
+        .await
+        .context("the bridge did not answer in time")?
+}
+
+/// How a prompt reads in a terminal.
+pub fn describe(prompt: &Prompt) -> String {
+    let mut text = format!(
+        "{} wants to {} (prompt {}{}):\n    {}\n  program {}\n  in {}\n",
+        prompt.component,
+        if prompt.kind == "install" {
+            "install a tool"
+        } else {
+            "run a command"
+        },
+        prompt.id,
+        prompt
+            .session
+            .map(|s| format!(", session {s}"))
+            .unwrap_or_default(),
+        prompt.summary,
+        prompt.program_path,
+        prompt.cwd,
+    );
+    if !prompt.env_names.is_empty() {
+        text.push_str(&format!("  setting {}\n", prompt.env_names.join(", ")));
+    }
+    if prompt.has_stdin {
+        text.push_str("  with standard input (not shown)\n");
+    }
+    for warning in &prompt.warnings {
+        text.push_str(&format!("  WARNING: {warning}\n"));
+    }
+    let left = prompt
+        .expires_at_ms
+        .saturating_sub(capbridge_now_ms())
+        .div_ceil(1000);
+    text.push_str(&format!("  rejected unless answered within {left} s\n"));
+    text
+}
+
+fn capbridge_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Asks in the terminal running `serve`, one prompt at a time, when its standard input is a
+/// terminal; does nothing otherwise.
+pub fn ask_in_terminal(approvals: Approvals) {
+    if !std::io::stdin().is_terminal() {
+        return;
+    }
+    let (lines_tx, lines) = tokio::sync::mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(terminal_loop(approvals, lines));
+}
+
+async fn terminal_loop(approvals: Approvals, mut lines: tokio::sync::mpsc::Receiver<String>) {
+    let mut changed = approvals.changed();
+    let mut shown = HashSet::new();
+    loop {
+        let next = approvals
+            .pending()
+            .into_iter()
+            .find(|p| !shown.contains(&p.id));
+        let Some(prompt) = next else {
+            tokio::select! {
+                result = changed.changed() => if result.is_err() { return },
+                line = lines.recv() => if line.is_none() { return },
+            }
+            continue;
+        };
+        shown.insert(prompt.id.clone());
+        let choices = if prompt.whitelistable {
+            "[o]nce, [a]lways (whitelist), [r]eject"
+        } else {
+            "[o]nce, [r]eject (installs are never whitelisted)"
+        };
+        say(&format!(
+            "\ncapbridge: {}  answer {choices}: ",
+            describe(&prompt)
+        ));
+        loop {
+            tokio::select! {
+                result = changed.changed() => {
+                    if result.is_err() { return }
+                    if approvals.get(&prompt.id).is_none() {
+                        say(&format!("\ncapbridge: prompt {} was answered elsewhere or timed out\n", prompt.id));
+                        break;
+                    }
+                }
+                line = lines.recv() => {
+                    let Some(line) = line else { return };
+                    let decision = match line.trim().to_ascii_lowercase().as_str() {
+                        "o" | "once" | "y" | "yes" => Decision::AllowOnce,
+                        "a" | "always" if prompt.whitelistable => Decision::AllowAndWhitelist,
+                        "r" | "reject" | "n" | "no" => Decision::Reject,
+                        _ => {
+                            say(&format!("answer {choices}: "));
+                            continue;
+                        }
+                    };
+                    match approvals.decide(&prompt.id, decision, Decider::Terminal) {
+                        Ok(_) => say(&format!("capbridge: prompt {} answered: {}\n", prompt.id, decision_name(decision))),
+                        Err(DecideError::NotFound(_)) => say(&format!("capbridge: prompt {} had already been answered or timed out\n", prompt.id)),
+                        Err(e) => {
+                            say(&format!("{e}\nanswer {choices}: "));
+                            continue;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+pub fn decision_name(decision: Decision) -> &'static str {
+    match decision {
+        Decision::AllowOnce => "allow once",
+        Decision::AllowAndWhitelist => "allow and whitelist",
+        Decision::Reject => "reject",
+    }
+}
+
+fn say(text: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(text.as_bytes());
+    let _ = stderr.flush();
+}
