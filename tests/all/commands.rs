@@ -395,6 +395,7 @@ async fn installs_always_prompt_even_with_a_matching_rule() {
         serde_json::to_string(&json!({ "version": 1, "rules": [{
             "id": "rule-1", "component": "commands",
             "template": { "program": program, "args": args, "cwd": null, "env": [], "stdin": null },
+            "programPath": capbridge_tests::which(program),
             "createdAtMs": 1, "createdBy": "terminal",
         }]}))
         .unwrap(),
@@ -487,7 +488,12 @@ async fn outside_the_grant_nothing_starts_and_nobody_is_asked() {
     assert!(env.approvals().pending().is_empty(), "nobody was asked");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!marker.exists());
-    assert_eq!(processes_with("sleep 770077"), Vec::<String>::new());
+    for started in [
+        "sleep 770077".to_string(),
+        format!("{} 770077", capbridge_tests::which("sleep")),
+    ] {
+        assert_eq!(processes_with(&started), Vec::<String>::new());
+    }
     let (_, runs) = env.get("/api/v1/system/commands/runs").await;
     assert_eq!(runs["runs"], json!([]));
 }
@@ -969,14 +975,16 @@ async fn a_component_that_tries_to_skip_the_prompt_gets_nothing_run() {
         .await
         .unwrap();
     let seen: Vec<String> = serde_json::from_value(outcome.result).unwrap();
-    // Two asks (command, install), one refusal (the resolved touch is not the template), three
-    // deletions of rules that do not exist, then asks until the host says enough; every ask is
-    // left waiting for a person, and withdrawing one ends it without running it.
+    // Two asks (command, install), two refusals (the resolved touch is not the template; a
+    // variable set twice), three deletions of rules that do not exist, then asks until the host
+    // says enough; every ask is left waiting for a person, and withdrawing one ends it without
+    // running it.
     assert!(seen[0].ends_with("PendingApproval None"), "{seen:?}");
     assert!(seen[1].ends_with("PendingApproval None"), "{seen:?}");
     assert!(seen[2].contains("InvalidArgument"), "{seen:?}");
+    assert!(seen[3].contains("set twice"), "{seen:?}");
     assert!(
-        seen[3..6].iter().all(|s| s.contains("NotFound")),
+        seen[4..7].iter().all(|s| s.contains("NotFound")),
         "{seen:?}"
     );
     assert!(
@@ -997,4 +1005,72 @@ async fn a_component_that_tries_to_skip_the_prompt_gets_nothing_run() {
         runtime.approvals().pending().is_empty(),
         "withdrawn runs take their prompts along"
     );
+}
+
+#[tokio::test]
+async fn a_session_s_end_ends_its_runs_and_its_late_requests() {
+    let env = Env::start().await;
+    let run = env.run("sleep", &["660066"]).await;
+    let session = env.decide(&run, Decision::AllowOnce).session.unwrap();
+    let id = run["id"].as_str().unwrap();
+    let mut tries = 0;
+    // Under `unshare` the program is started by its path; otherwise by the same path.
+    let sleep = format!("{} 660066", capbridge_tests::which("sleep"));
+    while processes_with(&sleep).is_empty() {
+        tries += 1;
+        assert!(tries < 100, "the run never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = env.run("echo", &["still", "waiting"]).await;
+    assert_eq!(waiting["status"], "pending_approval");
+
+    env.bridge
+        .server
+        .shared()
+        .runtime
+        .end_session(session)
+        .await;
+    assert_eq!(processes_with(&sleep), Vec::<String>::new());
+    assert!(
+        env.approvals().pending().is_empty(),
+        "its prompts went with it"
+    );
+    let (status, _) = env.get(&format!("/api/v1/system/commands/runs/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A request of that session still in flight when it ended starts nothing.
+    let (status, body) = env
+        .execute(json!({ "template": { "program": "echo", "args": ["late"] } }))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
+
+#[tokio::test]
+async fn prompts_show_what_a_terminal_would_hide_and_warn_about_placeholders() {
+    let env = Env::start().await;
+    let spoof = "x\r\u{1b}[2K    git status\u{202e}";
+    let (_, run) = env
+        .execute(
+            json!({ "template": { "program": "echo", "args": [spoof, "__OSL_SECRET[cmd]__"] },
+                         "resolved": { "program": "echo", "args": [spoof, "anything"] } }),
+        )
+        .await;
+    let prompt = env.approvals().pending().remove(0);
+    assert!(
+        !prompt
+            .summary
+            .chars()
+            .any(|c| c.is_control() || c == '\u{202e}'),
+        "{:?}",
+        prompt.summary
+    );
+    assert!(prompt.summary.contains(r"\x1b[2K"), "{}", prompt.summary);
+    assert!(
+        prompt
+            .warnings
+            .iter()
+            .any(|w| w.contains("placeholders") && w.contains("args[1]")),
+        "{:?}",
+        prompt.warnings
+    );
+    env.decide(&run, Decision::Reject);
 }

@@ -52,6 +52,7 @@ fn main() {
         .map(|(i, t)| {
             json!({ "id": format!("rule-{}", i + 1), "component": "commands",
                 "template": { "program": t["program"], "args": t["args"], "cwd": null, "env": [], "stdin": null },
+                "programPath": capbridge_tests::which(t["program"].as_str().unwrap()),
                 "createdAtMs": 1, "createdBy": "terminal" })
         })
         .collect();

@@ -350,3 +350,16 @@ pub async fn next_event(socket: &mut Socket, kind: &str) -> serde_json::Value {
         }
     }
 }
+
+/// Where `program` is found on this process's `PATH`, as capbridge finds a run's program (a
+/// whitelist rule names that file).
+pub fn which(program: &str) -> String {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+        .display()
+        .to_string()
+}

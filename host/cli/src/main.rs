@@ -358,6 +358,8 @@ fn serve(
                 },
             }
         }
+        // Nobody reads events any more: a command's output must not wait for this reader.
+        drop(events);
         answering.abort();
         let _ = std::fs::remove_file(&socket);
         server.shutdown(SHUTDOWN_GRACE).await?;

@@ -212,22 +212,20 @@ pub fn describe(prompt: &Prompt) -> String {
     }
     let left = prompt
         .expires_at_ms
-        .saturating_sub(capbridge_now_ms())
+        .saturating_sub(capbridge_runtime::approvals::now_ms())
         .div_ceil(1000);
     text.push_str(&format!("  rejected unless answered within {left} s\n"));
     text
 }
 
-fn capbridge_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Asks in the terminal running `serve`, one prompt at a time, when its standard input is a
-/// terminal; does nothing otherwise.
+/// terminal it has in the foreground; does nothing otherwise (`serve &` would be stopped by the
+/// terminal for reading it).
 pub fn ask_in_terminal(approvals: Approvals) {
-    if !std::io::stdin().is_terminal() {
+    let stdin = std::io::stdin();
+    let foreground =
+        rustix::termios::tcgetpgrp(&stdin).is_ok_and(|group| group == rustix::process::getpgrp());
+    if !stdin.is_terminal() || !foreground {
         return;
     }
     let (lines_tx, lines) = tokio::sync::mpsc::channel::<String>(16);
@@ -258,6 +256,9 @@ async fn terminal_loop(approvals: Approvals, mut lines: tokio::sync::mpsc::Recei
             continue;
         };
         shown.insert(prompt.id.clone());
+        // What was typed before this prompt appeared does not answer it.
+        while lines.try_recv().is_ok() {}
+        let shown_at = tokio::time::Instant::now();
         let choices = if prompt.whitelistable {
             "[o]nce, [a]lways (whitelist), [r]eject"
         } else {
@@ -278,6 +279,11 @@ async fn terminal_loop(approvals: Approvals, mut lines: tokio::sync::mpsc::Recei
                 }
                 line = lines.recv() => {
                     let Some(line) = line else { return };
+                    // Faster than anyone reads: typed for something else.
+                    if shown_at.elapsed() < std::time::Duration::from_millis(300) {
+                        say(&format!("(ignored: typed before the prompt appeared)\nanswer {choices}: "));
+                        continue;
+                    }
                     let decision = match line.trim().to_ascii_lowercase().as_str() {
                         "o" | "once" | "y" | "yes" => Decision::AllowOnce,
                         "a" | "always" if prompt.whitelistable => Decision::AllowAndWhitelist,

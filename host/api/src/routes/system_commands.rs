@@ -287,6 +287,9 @@ pub struct Rule {
     pub id: String,
     pub component: String,
     pub template: CommandSpec,
+    /// The program's host path when the person allowed it: the rule allows that file only, not
+    /// whatever the name finds on `PATH` later.
+    pub program_path: String,
     pub created_at_ms: u64,
     /// `terminal`, `prompts-cli` or `web-app`.
     pub created_by: String,

@@ -432,8 +432,10 @@ impl Serve {
         socket
     }
 
-    /// Types `line` and Enter in the terminal running `serve`.
+    /// Types `line` and Enter in the terminal running `serve`, as a person does: after reading
+    /// what is shown (the prompter ignores what is typed within 300 ms of a prompt appearing).
     fn type_line(&mut self, line: &str) {
+        std::thread::sleep(Duration::from_millis(500));
         let keyboard = self.keyboard.as_mut().expect("serve runs in a terminal");
         keyboard
             .write_all(format!("{line}\n").as_bytes())
@@ -951,6 +953,7 @@ async fn capbridge_killed_with_sigkill_leaves_no_child_behind() {
     std::fs::create_dir_all(home.state_dir()).unwrap();
     let rules = json!({ "version": 1, "rules": [{
         "id": "rule-1", "component": "commands", "template": template,
+        "programPath": capbridge_tests::which("sh"),
         "createdAtMs": 1, "createdBy": "terminal",
     }]});
     std::fs::write(
@@ -1039,13 +1042,20 @@ fn rules_on_disk(home: &Home) -> Vec<Value> {
     for (i, rule) in rules.iter().enumerate() {
         assert_eq!(
             keys(rule),
-            ["component", "createdAtMs", "createdBy", "id", "template"],
+            [
+                "component",
+                "createdAtMs",
+                "createdBy",
+                "id",
+                "programPath",
+                "template"
+            ],
             "{rule}"
         );
         assert!(
             rule["id"]
                 .as_str()
-                .and_then(|id| id.strip_prefix("rule-")?.parse::<u64>().ok())
+                .and_then(|id| u64::from_str_radix(id.strip_prefix("rule-")?, 16).ok())
                 .is_some(),
             "{rule}"
         );

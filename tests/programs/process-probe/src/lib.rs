@@ -44,6 +44,17 @@ impl Guest for Probe {
             resolved: touch.clone(),
             timeout_ms: 1000,
         })));
+        // A variable set twice, the second time to something else.
+        let mut twice = command("env", &[]);
+        twice.env = vec![("A".into(), "x".into()), ("A".into(), "x".into())];
+        let mut evil = twice.clone();
+        evil.env[1].1 = "evil".into();
+        seen.push(outcome(process::start(&Request {
+            kind: RequestKind::Command,
+            template: twice,
+            resolved: evil,
+            timeout_ms: 1000,
+        })));
         // Rules it cannot make: deleting made-up ones, then asking again and again.
         for id in ["rule-1", "rule-0", "*"] {
             seen.push(match process::delete_rule(id) {

@@ -462,6 +462,7 @@ impl From<Rule> for GuestRule {
             id: r.id,
             component: r.component,
             template: r.template.into(),
+            program_path: r.program_path,
             created_at_ms: r.created_at_ms,
             created_by: r.created_by,
         }
@@ -508,6 +509,15 @@ pub struct ProcessService {
     writable: RwLock<Vec<(String, PathBuf)>>,
     /// capbridge's own directories: no run works in them.
     own_files: OwnFiles,
+    /// Sessions that ended, and whether the host is stopping: a request still in flight then
+    /// starts nothing.
+    closed: Mutex<Closed>,
+}
+
+#[derive(Default)]
+struct Closed {
+    sessions: std::collections::HashSet<u64>,
+    stopping: bool,
 }
 
 impl ProcessService {
@@ -519,6 +529,7 @@ impl ProcessService {
     ) -> Self {
         Self {
             own_files,
+            closed: Mutex::new(Closed::default()),
             events,
             approvals,
             rules,
@@ -550,7 +561,11 @@ impl ProcessService {
             }
         };
         let rule = match request.kind {
-            RequestKind::Command => self.rules.matching(&component, &request.template),
+            RequestKind::Command => self.rules.matching(
+                &component,
+                &request.template,
+                &checked.program.display().to_string(),
+            ),
             // Installs always ask, whatever the rules say.
             RequestKind::Install => None,
         };
@@ -603,6 +618,14 @@ impl ProcessService {
         }
 
         let mut warnings = Vec::new();
+        let filled = template::placeholder_fields(&request.template);
+        if !filled.is_empty() {
+            warnings.push(format!(
+                "the web app fills placeholders with text of its choosing on every run, here in \
+                 {}: allow only if any text there is harmless",
+                filled.join(", ")
+            ));
+        }
         if let Some((writer, root)) = self
             .writable
             .read()
@@ -614,7 +637,7 @@ impl ProcessService {
                 "component `{writer}` (the web app) can write in {}: a program run there is \
                  steered by that directory's files (git reads .git/config, npm reads \
                  package.json)",
-                root.display()
+                template::printable(&root.display().to_string())
             ));
         }
         let mut env_names: Vec<String> = request
@@ -630,9 +653,11 @@ impl ProcessService {
             component: component.clone(),
             session,
             run_id: id.clone(),
+            // Every text a terminal shows is made printable: no escape sequence in a request can
+            // redraw the prompt.
             summary: template::display(&request.template.program, &request.template.args),
-            program_path: checked.program.display().to_string(),
-            cwd: checked.cwd.display().to_string(),
+            program_path: template::printable(&checked.program.display().to_string()),
+            cwd: template::printable(&checked.cwd.display().to_string()),
             env_names,
             has_stdin: request.template.stdin.is_some(),
             warnings,
@@ -683,10 +708,12 @@ impl ProcessService {
         };
         let mut rule_id = None;
         if answer.decision == Decision::AllowAndWhitelist && !withdrawn {
-            match self
-                .rules
-                .add(&prompt.component, template, answer.by.as_str())
-            {
+            match self.rules.add(
+                &prompt.component,
+                template,
+                &launch.program.display().to_string(),
+                answer.by.as_str(),
+            ) {
                 Ok(rule) => {
                     tracing::info!(target: "capbridge::audit", rule = %rule.id, component = %rule.component, by = answer.by.as_str(), command = %prompt.summary, "whitelist rule added");
                     self.publish(
@@ -774,6 +801,19 @@ impl ProcessService {
         if request.timeout_ms == 0 {
             return Err(Refusal::Invalid("`timeoutMs` must be more than 0".into()));
         }
+        for (prefix, command) in [
+            ("template", &request.template),
+            ("resolved", &request.resolved),
+        ] {
+            let mut names: Vec<&str> = command.env.iter().map(|(k, _)| k.as_str()).collect();
+            names.sort_unstable();
+            if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(Refusal::Invalid(format!(
+                    "`{prefix}.env.{}` is set twice",
+                    twice[0]
+                )));
+            }
+        }
         template::check_resolved(&request.template, &request.resolved).map_err(Refusal::Invalid)?;
         for (name, _) in &request.template.env {
             if !template::is_variable_name(name) {
@@ -815,13 +855,14 @@ impl ProcessService {
                 "`template.program` {program_text:?} is not a bare program name or an absolute path"
             )));
         }
+        // The PATH searched is not named: a request may have filled it from a placeholder.
         let program = runner::resolve_program(program_text, path).ok_or_else(|| {
             Refusal::Invalid(format!(
                 "`template.program`: no executable {program_text:?} {}",
                 if program_text.starts_with('/') {
-                    "exists".to_string()
+                    "exists"
                 } else {
-                    format!("on PATH ({path})")
+                    "on the run's PATH"
                 }
             ))
         })?;
@@ -878,6 +919,14 @@ impl ProcessService {
 
     fn new_run(&self, mut info: RunInfo) -> Result<(String, Arc<runner::RunRecord>), Refusal> {
         let mut runs = self.runs.lock().expect("runs lock");
+        {
+            let closed = self.closed.lock().expect("closed lock");
+            if closed.stopping || info.session.is_some_and(|s| closed.sessions.contains(&s)) {
+                return Err(Refusal::Busy(
+                    "the session has ended or capbridge is stopping".into(),
+                ));
+            }
+        }
         let active: Vec<Option<u64>> = runs
             .values()
             .map(|r| r.info.lock().expect("run lock").clone())
@@ -924,36 +973,51 @@ impl ProcessService {
             .retain(|_, r| r.info.lock().expect("run lock").id != id);
     }
 
-    /// The run `id` if `session` asked for it.
-    fn record(&self, session: Option<u64>, id: &str) -> Result<Arc<runner::RunRecord>, GuestError> {
+    /// The run `id` if `component` asked for it in `session`.
+    fn record(
+        &self,
+        component: &str,
+        session: Option<u64>,
+        id: &str,
+    ) -> Result<Arc<runner::RunRecord>, GuestError> {
         self.runs
             .lock()
             .expect("runs lock")
             .values()
             .find(|r| {
                 let info = r.info.lock().expect("run lock");
-                info.id == id && info.session == session
+                info.id == id && info.session == session && info.component == component
             })
             .cloned()
             .ok_or_else(|| GuestError::NotFound(format!("this session has no run `{id}`")))
     }
 
-    /// The runs of `session`, newest first.
-    pub fn runs(&self, session: Option<u64>) -> Vec<RunInfo> {
+    /// The runs `component` asked for in `session`, newest first.
+    pub fn runs(&self, component: &str, session: Option<u64>) -> Vec<RunInfo> {
         let runs = self.runs.lock().expect("runs lock");
         runs.values()
             .rev()
             .map(|r| r.info())
-            .filter(|info| info.session == session)
+            .filter(|info| info.session == session && info.component == component)
             .collect()
     }
 
-    pub fn run(&self, session: Option<u64>, id: &str) -> Result<RunInfo, GuestError> {
-        Ok(self.record(session, id)?.info())
+    pub fn run(
+        &self,
+        component: &str,
+        session: Option<u64>,
+        id: &str,
+    ) -> Result<RunInfo, GuestError> {
+        Ok(self.record(component, session, id)?.info())
     }
 
-    pub fn output(&self, session: Option<u64>, id: &str) -> Result<(Vec<u8>, Vec<u8>), GuestError> {
-        let record = self.record(session, id)?;
+    pub fn output(
+        &self,
+        component: &str,
+        session: Option<u64>,
+        id: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), GuestError> {
+        let record = self.record(component, session, id)?;
         let stdout = record.stdout.lock().expect("buffer lock").clone();
         let stderr = record.stderr.lock().expect("buffer lock").clone();
         Ok((stdout, stderr))
@@ -961,8 +1025,13 @@ impl ProcessService {
 
     /// Ends run `id` of `session` and returns it as it ended (or as it is, if it takes longer
     /// than the grace period and a little).
-    pub async fn terminate(&self, session: Option<u64>, id: &str) -> Result<RunInfo, GuestError> {
-        let record = self.record(session, id)?;
+    pub async fn terminate(
+        &self,
+        component: &str,
+        session: Option<u64>,
+        id: &str,
+    ) -> Result<RunInfo, GuestError> {
+        let record = self.record(component, session, id)?;
         self.stop(&record).await;
         Ok(record.info())
     }
@@ -980,7 +1049,7 @@ impl ProcessService {
         {
             self.approvals.reject_where(|p| p.id == request);
         }
-        record.wait_done(TERM_GRACE + Duration::from_secs(3)).await;
+        record.wait_done(runner::LONGEST_ENDING).await;
     }
 
     /// Ends every run `which` selects; forgets them when `forget`.
@@ -1046,6 +1115,15 @@ impl Service for ProcessService {
 
     fn end_session(&self, session: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            {
+                // Under the runs lock, so no run of the session is being created meanwhile.
+                let _runs = self.runs.lock().expect("runs lock");
+                self.closed
+                    .lock()
+                    .expect("closed lock")
+                    .sessions
+                    .insert(session);
+            }
             self.approvals.reject_where(|p| p.session == Some(session));
             self.stop_where(|info| info.session == Some(session), true)
                 .await;
@@ -1054,6 +1132,10 @@ impl Service for ProcessService {
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            {
+                let _runs = self.runs.lock().expect("runs lock");
+                self.closed.lock().expect("closed lock").stopping = true;
+            }
             self.approvals.reject_where(|_| true);
             self.stop_where(|_| true, false).await;
         })
@@ -1093,9 +1175,8 @@ impl Host for HostState {
     async fn runs(&mut self) -> wasmtime::Result<Vec<GuestRun>> {
         let service = self.process()?;
         Ok(service
-            .runs(self.grants.session)
+            .runs(&self.grants.policy.component_id, self.grants.session)
             .into_iter()
-            .filter(|r| r.component == self.grants.policy.component_id)
             .map(GuestRun::from)
             .collect())
     }
@@ -1103,21 +1184,21 @@ impl Host for HostState {
     async fn get_run(&mut self, id: String) -> wasmtime::Result<Result<GuestRun, GuestError>> {
         Ok(self
             .process()?
-            .run(self.grants.session, &id)
+            .run(&self.grants.policy.component_id, self.grants.session, &id)
             .map(GuestRun::from))
     }
 
     async fn output(&mut self, id: String) -> wasmtime::Result<Result<GuestOutput, GuestError>> {
         Ok(self
             .process()?
-            .output(self.grants.session, &id)
+            .output(&self.grants.policy.component_id, self.grants.session, &id)
             .map(|(stdout, stderr)| GuestOutput { stdout, stderr }))
     }
 
     async fn terminate(&mut self, id: String) -> wasmtime::Result<Result<GuestRun, GuestError>> {
         let service = self.process()?;
         Ok(service
-            .terminate(self.grants.session, &id)
+            .terminate(&self.grants.policy.component_id, self.grants.session, &id)
             .await
             .map(GuestRun::from))
     }

@@ -28,6 +28,9 @@ pub struct Rule {
     /// The component whose requests it allows.
     pub component: String,
     pub template: Command,
+    /// The program's host path when the person allowed it: the rule allows that file only,
+    /// not whatever the name finds on `PATH` later.
+    pub program_path: String,
     pub created_at_ms: u64,
     /// Who made it (`terminal`, `prompts-cli`, `web-app`).
     pub created_by: String,
@@ -83,11 +86,21 @@ impl RuleStore {
         &self.path
     }
 
-    /// The rule of `component` whose template is exactly `template`.
-    pub fn matching(&self, component: &str, template: &Command) -> Option<Rule> {
+    /// The rule of `component` whose template is exactly `template`, for the program at
+    /// `program_path`.
+    pub fn matching(
+        &self,
+        component: &str,
+        template: &Command,
+        program_path: &str,
+    ) -> Option<Rule> {
         self.lock()
             .iter()
-            .find(|r| r.component == component && &r.template == template)
+            .find(|r| {
+                r.component == component
+                    && &r.template == template
+                    && r.program_path == program_path
+            })
             .cloned()
     }
 
@@ -105,13 +118,13 @@ impl RuleStore {
         &self,
         component: &str,
         template: &Command,
+        program_path: &str,
         created_by: &str,
     ) -> Result<Rule, String> {
         let mut rules = self.lock();
-        if let Some(rule) = rules
-            .iter()
-            .find(|r| r.component == component && &r.template == template)
-        {
+        if let Some(rule) = rules.iter().find(|r| {
+            r.component == component && &r.template == template && r.program_path == program_path
+        }) {
             return Ok(rule.clone());
         }
         if rules.len() >= MAX_RULES {
@@ -119,17 +132,20 @@ impl RuleStore {
                 "there are already {MAX_RULES} whitelist rules; delete some first"
             ));
         }
-        let next = rules
-            .iter()
-            .filter_map(|r| r.id.strip_prefix("rule-")?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-            + 1;
+        // Random ids are never reused, so a stale delete cannot remove a newer rule.
+        let id = loop {
+            let id = format!("rule-{}", random_hex()?);
+            if !rules.iter().any(|r| r.id == id) {
+                break id;
+            }
+        };
+        let now = crate::approvals::now_ms();
         let rule = Rule {
-            id: format!("rule-{next}"),
+            id,
             component: component.to_string(),
             template: template.clone(),
-            created_at_ms: crate::approvals::now_ms(),
+            program_path: program_path.to_string(),
+            created_at_ms: now,
             created_by: created_by.to_string(),
         };
         let mut changed = rules.clone();
@@ -200,4 +216,15 @@ fn remove_leftovers(dir: &Path) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// 64 random bits from the system, in hex.
+fn random_hex() -> Result<String, String> {
+    let mut bytes = [0u8; 8];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?,
+        &mut bytes,
+    )
+    .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(hex::encode(bytes))
 }

@@ -42,6 +42,9 @@ pub const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long the output of an ended run may keep arriving (a leftover process holding the pipe)
 /// before reading stops.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// The longest a run may take to end once it is told to: TERM, the grace period, KILL, and each
+/// stream's drain.
+pub const LONGEST_ENDING: Duration = Duration::from_secs(2 + 2 * 2 + 1);
 const CHUNK_BYTES: usize = 64 << 10;
 
 /// How a run's processes are kept together, so that ending the run ends all of them.
@@ -189,6 +192,18 @@ impl RunEvents {
 
 /// Runs an approved command to its end, updating `record` and publishing its events.
 pub async fn run(launch: Launch, record: Arc<RunRecord>, events: RunEvents) {
+    // Withdrawn (terminated, its session ended, the host stopping) while it waited.
+    if *record.stop.borrow() {
+        record.finish(|info| {
+            info.status = RunStatus::Terminated;
+            info.message = Some("terminated before it started".into());
+        });
+        events.publish(
+            "system.command.terminated",
+            json!({ "message": "terminated before it started" }),
+        );
+        return;
+    }
     let containment = Containment::get();
     let mut command = match containment {
         Containment::PidNamespace(unshare) => {
@@ -261,12 +276,13 @@ pub async fn run(launch: Launch, record: Arc<RunRecord>, events: RunEvents) {
         }),
     );
 
-    if let (Some(text), Some(mut stdin)) = (launch.stdin, child.stdin.take()) {
-        tokio::spawn(async move {
+    let feeding = match (launch.stdin, child.stdin.take()) {
+        (Some(text), Some(mut stdin)) => Some(tokio::spawn(async move {
             // A program that does not read its input closes the pipe: not an error of the run.
             let _ = stdin.write_all(text.as_bytes()).await;
-        });
-    }
+        })),
+        _ => None,
+    };
     let stdout = tokio::spawn(capture(
         child.stdout.take().expect("piped"),
         record.clone(),
@@ -302,6 +318,10 @@ pub async fn run(launch: Launch, record: Arc<RunRecord>, events: RunEvents) {
     // Whatever of the group is left (a background process of a finished command) goes too; in
     // a PID namespace the kernel has already ended it with its first process.
     signal_group(group, rustix::process::Signal::KILL);
+    // Input nobody read any more is dropped with its pipe.
+    if let Some(feeding) = feeding {
+        feeding.abort();
+    }
     for reader in [stdout, stderr] {
         let abort = reader.abort_handle();
         if tokio::time::timeout(DRAIN_GRACE, reader).await.is_err() {
@@ -359,7 +379,8 @@ fn signal_group(group: Option<rustix::process::Pid>, signal: rustix::process::Si
 }
 
 /// The exit code or signal of what ran. Under `unshare`, the program's own exit code comes
-/// through; a signal that ended the program is reported by `unshare` as its exit code 128 + n.
+/// through, and a signal that ended the program `unshare` raises on itself, so it comes through
+/// as a signal too.
 fn exit_of(status: Option<ExitStatus>) -> (Option<i32>, Option<i32>) {
     match status {
         Some(status) => match (status.code(), status.signal()) {

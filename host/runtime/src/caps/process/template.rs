@@ -20,8 +20,6 @@ pub const STEERING_VARIABLES: &[&str] = &[
     "DYLD_*",
     "PATH",
     "HOME",
-    "XDG_CONFIG_HOME",
-    "XDG_DATA_HOME",
     "SHELL",
     "ENV",
     "BASH_ENV",
@@ -61,6 +59,34 @@ pub const STEERING_VARIABLES: &[&str] = &[
     "TMPDIR",
     "SUDO_ASKPASS",
     "GNUPGHOME",
+    "ZDOTDIR",
+    "OPENSSL_*",
+    "SSL_CERT_*",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_*",
+    "GOFLAGS",
+    "GOENV",
+    "GOPATH",
+    "GOROOT",
+    "GOPROXY",
+    "GOTOOLCHAIN",
+    "DOTNET_*",
+    "COREHOST_*",
+    "MAKEFLAGS",
+    "MAKEFILES",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "LUA_*",
+    "TCL*",
+    "PHP*",
+    "XDG_*",
 ];
 
 /// Whether `name` matches `pattern` (an exact name, or a prefix ending in `*`).
@@ -236,9 +262,73 @@ fn quote(word: &str) -> String {
             .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b));
     if plain {
         word.to_string()
+    } else if word.chars().any(is_hidden) {
+        // Bash's $'…' shows what a terminal would act on (a carriage return, an escape
+        // sequence, a change of text direction) as escapes, so a prompt cannot be overwritten.
+        let mut out = String::from("$'");
+        for c in word.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\'' => out.push_str("\\'"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if is_hidden(c) && (c as u32) < 0x100 => {
+                    out.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c if is_hidden(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        out
     } else {
-        format!("'{}'", word.replace('\'', r"'\''")).replace('\n', "'$'\\n''")
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
+}
+
+/// A character a terminal acts on or hides instead of showing: controls, and the marks that
+/// change the direction of text.
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` safe to print in a terminal: what [`is_hidden`] flags shown as `\xNN` / `\uNNNN`.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(is_hidden) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| match c {
+            c if is_hidden(c) && (c as u32) < 0x100 => format!("\\x{:02x}", c as u32),
+            c if is_hidden(c) => format!("\\u{:04x}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// Where `command` has placeholders the web app fills on every run (`args[1]`, `env.TOKEN`,
+/// `stdin`).
+pub fn placeholder_fields(command: &Command) -> Vec<String> {
+    let mut fields: Vec<String> = command
+        .args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| has_placeholder(a))
+        .map(|(i, _)| format!("args[{i}]"))
+        .collect();
+    fields.extend(
+        command
+            .env
+            .iter()
+            .filter(|(_, v)| has_placeholder(v))
+            .map(|(k, _)| format!("env.{k}")),
+    );
+    if command.stdin.as_deref().is_some_and(has_placeholder) {
+        fields.push("stdin".into());
+    }
+    fields
 }
 
 #[cfg(test)]
@@ -352,5 +442,18 @@ mod tests {
             ),
             r#"echo 'a;b' '$(x)' plain 'it'\''s'"#
         );
+    }
+
+    #[test]
+    fn display_shows_what_a_terminal_would_act_on() {
+        // A carriage return and an erase-line sequence would overwrite the prompt with
+        // `git status`; a direction mark would reorder what follows.
+        let spoof = "x\r\u{1b}[2K    git status\u{202e}";
+        let shown = display("rm", &["-rf".into(), spoof.into()]);
+        assert_eq!(shown, r"rm -rf $'x\r\x1b[2K    git status\u202e'");
+        assert!(!shown.chars().any(is_hidden));
+        assert_eq!(display("echo", &["a\nb".into()]), r"echo $'a\nb'");
+        assert_eq!(printable("/tmp/\u{1b}[31mred"), r"/tmp/\x1b[31mred");
+        assert_eq!(printable("/home/you"), "/home/you");
     }
 }

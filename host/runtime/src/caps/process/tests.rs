@@ -16,27 +16,42 @@ fn rules_persist_match_exactly_and_belong_to_one_component() {
     let dir = tempfile::tempdir().unwrap();
     let store = RuleStore::open(dir.path());
     let git = command("git", &["--version"]);
-    let rule = store.add("commands", &git, "terminal").unwrap();
-    assert_eq!(rule.id, "rule-1");
-    assert_eq!(
-        store.add("commands", &git, "terminal").unwrap(),
-        rule,
-        "no duplicate"
+    let rule = store
+        .add("commands", &git, "/usr/bin/git", "terminal")
+        .unwrap();
+    assert!(rule.id.starts_with("rule-"));
+    let again = store.add("commands", &git, "/usr/bin/git", "terminal");
+    assert_eq!(again.unwrap(), rule, "no duplicate");
+    assert!(store.matching("commands", &git, "/usr/bin/git").is_some());
+    assert!(
+        store
+            .matching("commands", &git, "/home/you/.local/bin/git")
+            .is_none(),
+        "another file of that name"
     );
-    assert!(store.matching("commands", &git).is_some());
-    assert!(store.matching("other", &git).is_none());
+    assert!(store.matching("other", &git, "/usr/bin/git").is_none());
+    let longer = command("git", &["--version", "x"]);
     assert!(store
-        .matching("commands", &command("git", &["--version", "x"]))
+        .matching("commands", &longer, "/usr/bin/git")
         .is_none());
 
     let reopened = RuleStore::open(dir.path());
     assert_eq!(reopened.list("commands"), vec![rule.clone()]);
     let second = reopened
-        .add("commands", &command("ls", &[]), "prompts-cli")
+        .add("commands", &command("ls", &[]), "/bin/ls", "prompts-cli")
         .unwrap();
-    assert_eq!(second.id, "rule-2");
-    assert_eq!(reopened.delete("other", "rule-1").unwrap(), None);
-    assert_eq!(reopened.delete("commands", "rule-1").unwrap(), Some(rule));
+    assert_ne!(second.id, rule.id);
+    assert_eq!(reopened.delete("other", &rule.id).unwrap(), None);
+    assert_eq!(
+        reopened.delete("commands", &rule.id).unwrap(),
+        Some(rule.clone())
+    );
+    // A deleted rule's id is not given to a new one.
+    let third = reopened
+        .add("commands", &command("pwd", &[]), "/bin/pwd", "terminal")
+        .unwrap();
+    assert_ne!(third.id, rule.id);
+    assert_eq!(reopened.delete("commands", &third.id).unwrap(), Some(third));
     assert_eq!(RuleStore::open(dir.path()).list("commands"), vec![second]);
     // Nothing but the rules file is left in the directory (no temporary files).
     let names: Vec<_> = std::fs::read_dir(dir.path())
