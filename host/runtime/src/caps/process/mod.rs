@@ -311,7 +311,7 @@ fn writable_directories(policies: &[&Policy]) -> Vec<(String, PathBuf)> {
 }
 
 /// A command as the host keeps it (templates only ever reach storage, events and prompts).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Command {
     pub program: String,
