@@ -27,7 +27,7 @@ pub use capbridge_policy as policy;
 /// The types the layers above share with the capabilities, so they need not reach into `caps`.
 pub use caps::awake::{AwakeStatus, Hold};
 pub use caps::dialog::{PickKind, Picker};
-pub use caps::events::Event;
+pub use caps::events::{Event, Subscription};
 pub use caps::{GrantedPath, PathOrigin};
 pub use runtime::{
     CallError, CallOptions, CallOutcome, ComponentInfo, ComponentStatus, ExportInfo, LoadEvent,

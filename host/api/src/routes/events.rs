@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::routes;
 
 use super::{RouteModule, Routes, Tier};
-use capbridge_runtime::Event;
+use capbridge_runtime::Subscription;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
@@ -81,7 +81,7 @@ pub async fn upgrade(
         )
     })?;
     // Subscribe before answering so nothing published after the upgrade is missed.
-    let events = shared.runtime.events().subscribe();
+    let events = shared.runtime.events().subscribe_as(session);
     let mut response = upgrade
         .on_upgrade(move |socket| {
             let sockets = shared.sockets.clone();
@@ -135,12 +135,7 @@ impl Sender {
     }
 }
 
-async fn stream(
-    socket: WebSocket,
-    shared: Arc<Shared>,
-    session: u64,
-    mut events: tokio::sync::broadcast::Receiver<Event>,
-) {
+async fn stream(socket: WebSocket, shared: Arc<Shared>, session: u64, mut events: Subscription) {
     let heartbeat = shared.config.heartbeat_interval();
     let mut sender = Sender {
         socket,

@@ -1,7 +1,8 @@
 //! `capbridge:host/events`: publishing on the event bus, scoped to the granted topics
 //! (`grants.events`, a list of topic patterns), and the bus itself.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use capbridge_policy::{ExplainLine, Grant, GrantContext, GrantKind, Policy, TopicPattern};
 use serde::Serialize;
@@ -101,7 +102,7 @@ impl Capability for Events {
 /// The `source` of the host's own events; no component may take this name.
 pub const HOST_SOURCE: &str = "capbridge";
 
-/// How far behind the slowest subscriber may be before [`EventBus::publish_paced`] waits.
+/// How far behind a reader of the audience may be before [`EventBus::publish_paced`] waits.
 pub const PACE_BACKLOG: usize = 64;
 
 /// Largest payload a component may publish.
@@ -125,32 +126,99 @@ pub struct Event {
 #[derive(Clone, Debug)]
 pub struct EventBus {
     sender: broadcast::Sender<Event>,
+    /// How many events were published, ever.
+    published: Arc<AtomicU64>,
+    /// How far each session's readers are ([`EventBus::subscribe_as`]).
+    readers: Arc<Mutex<Vec<Weak<ReaderMark>>>>,
+}
+
+/// How many events one reader of a session has taken off the bus.
+#[derive(Debug)]
+struct ReaderMark {
+    session: u64,
+    consumed: AtomicU64,
+}
+
+/// A subscription of one session's reader (an event socket): [`EventBus::publish_paced`] waits
+/// for it when it publishes to that session.
+pub struct Subscription {
+    receiver: broadcast::Receiver<Event>,
+    mark: Arc<ReaderMark>,
+}
+
+impl Subscription {
+    /// The next event, as [`broadcast::Receiver::recv`].
+    pub async fn recv(&mut self) -> Result<Event, broadcast::error::RecvError> {
+        let received = self.receiver.recv().await;
+        let taken = match &received {
+            Ok(_) => 1,
+            Err(broadcast::error::RecvError::Lagged(missed)) => *missed,
+            Err(broadcast::error::RecvError::Closed) => 0,
+        };
+        self.mark.consumed.fetch_add(taken, Ordering::Relaxed);
+        received
+    }
 }
 
 impl EventBus {
     pub fn new(capacity: usize) -> Self {
         Self {
             sender: broadcast::channel(capacity).0,
+            published: Arc::new(AtomicU64::new(0)),
+            readers: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     pub fn publish(&self, event: Event) {
+        // Counted before it is sent, so a reader is never ahead of the count.
+        self.published.fetch_add(1, Ordering::Relaxed);
         // No subscriber is not an error: nobody is listening yet.
         let _ = self.sender.send(event);
     }
 
-    /// Publishes `event` once the slowest subscriber is within [`PACE_BACKLOG`] events of the
-    /// newest: a producer of many events (a command's output) waits for its readers instead of
-    /// making them lose events.
+    /// Publishes `event` once every reader of its audience is within [`PACE_BACKLOG`] events of
+    /// the newest: a producer of many events (a command's output) waits for the session it
+    /// writes to instead of making it lose events. Readers of other sessions (which do not get
+    /// the event) never hold it up.
     pub async fn publish_paced(&self, event: Event) {
-        while self.sender.len() >= PACE_BACKLOG {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        if let Some(session) = event.audience {
+            while self.behind(session) {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
         }
         self.publish(event);
     }
 
+    /// Whether a reader of `session` is more than [`PACE_BACKLOG`] events behind.
+    fn behind(&self, session: u64) -> bool {
+        let published = self.published.load(Ordering::Relaxed);
+        let mut readers = self.readers.lock().expect("readers lock");
+        readers.retain(|r| r.strong_count() > 0);
+        readers.iter().filter_map(Weak::upgrade).any(|r| {
+            r.session == session
+                && published.saturating_sub(r.consumed.load(Ordering::Relaxed))
+                    >= PACE_BACKLOG as u64
+        })
+    }
+
+    /// Every event from now on, for a reader that does not hold anyone up (a log).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.sender.subscribe()
+    }
+
+    /// Every event from now on, for a reader of `session` whose pace the session's paced events
+    /// follow (an event socket).
+    pub fn subscribe_as(&self, session: u64) -> Subscription {
+        let receiver = self.sender.subscribe();
+        let mark = Arc::new(ReaderMark {
+            session,
+            consumed: AtomicU64::new(self.published.load(Ordering::Relaxed)),
+        });
+        self.readers
+            .lock()
+            .expect("readers lock")
+            .push(Arc::downgrade(&mark));
+        Subscription { receiver, mark }
     }
 }
 
@@ -201,5 +269,52 @@ impl Host for HostState {
             audience: None,
         });
         Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn output(session: u64) -> Event {
+        Event {
+            source: HOST_SOURCE.into(),
+            topic: "system.command.stdout".into(),
+            payload: serde_json::json!({}),
+            audience: Some(session),
+        }
+    }
+
+    #[tokio::test]
+    async fn paced_events_wait_for_their_audience_only() {
+        let bus = EventBus::new(1024);
+        let mut mine = bus.subscribe_as(1);
+        let _others_never_read = bus.subscribe_as(2);
+        let _a_log_never_reads = bus.subscribe();
+        // The other session's reader and the log fall behind: nobody waits for them.
+        for _ in 0..PACE_BACKLOG {
+            bus.publish_paced(output(1)).await;
+        }
+        // Session 1's reader is PACE_BACKLOG behind: the next one waits…
+        let waits = tokio::time::timeout(Duration::from_millis(200), bus.publish_paced(output(1)));
+        assert!(
+            waits.await.is_err(),
+            "it should wait for session 1's reader"
+        );
+        // …until that reader reads, and not for session 2's.
+        for _ in 0..PACE_BACKLOG {
+            mine.recv().await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), bus.publish_paced(output(1)))
+            .await
+            .expect("session 1's reader caught up");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            for _ in 0..PACE_BACKLOG * 2 {
+                bus.publish_paced(output(3)).await;
+            }
+        })
+        .await
+        .expect("a session without readers holds nothing up");
     }
 }

@@ -17,8 +17,8 @@
 //! are kept for `GET …/runs/:id`; past that the run is marked `partial_output`. Every chunk is
 //! also published as an event (`system.command.stdout` / `.stderr`), as UTF-8 text when it is
 //! (a character split across two reads waits for its end) and as base64 when it is not; the
-//! publisher waits while the bus's subscribers are behind, so a slow reader slows the program
-//! (its pipe fills) rather than losing bytes or growing memory.
+//! publisher waits while an event socket of the run's session is behind, so a slow reader slows
+//! the program (its pipe fills) rather than losing bytes or growing memory.
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
