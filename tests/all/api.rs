@@ -581,11 +581,7 @@ async fn the_connection_log_records_requests_without_tokens() {
         .await
         .unwrap();
     handshake_from(&bridge, "https://evil.example").await;
-    let ws = format!(
-        "ws://{}/ws/v1/events?sessionToken={token}",
-        bridge.server.addr()
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws).await.unwrap();
+    let mut socket = bridge.events(&token).await;
     socket.next().await.unwrap().unwrap();
     let log: Value = get_json(&bridge, "/api/v1/bridge/connections", &token).await;
     let text = log.to_string();

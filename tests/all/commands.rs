@@ -11,7 +11,8 @@ use base64::Engine as _;
 use capbridge_api::BridgeConfig;
 use capbridge_runtime::approvals::{Decider, Decision, Prompt};
 use capbridge_tests::{
-    assert_error, component, edit_policy, shipped_policy, status_and_json, Bridge, Fixture, Socket,
+    assert_error, component, each_run_event, edit_policy, shipped_policy, status_and_json, Bridge,
+    Fixture, Socket,
 };
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
@@ -131,40 +132,18 @@ impl Env {
     }
 
     async fn socket(&self) -> Socket {
-        socket(&self.bridge, &self.token).await
+        self.bridge.events(&self.token).await
     }
 }
 
-async fn socket(bridge: &Bridge, token: &str) -> Socket {
-    let url = format!(
-        "ws://{}/ws/v1/events?sessionToken={token}",
-        bridge.server.addr()
-    );
-    let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    socket
-}
-
-/// Every event on `socket` until (and with) the one whose type is `last` for run `run`.
+/// Every event of run `run` on `socket` until (and with) the one whose type is in `last`.
 async fn events_until(socket: &mut Socket, run: &str, last: &[&str]) -> Vec<Value> {
     let mut seen = Vec::new();
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(60), socket.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {last:?} for {run}; saw {seen:?}"))
-            .expect("socket open")
-            .expect("message");
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let event: Value = serde_json::from_str(&text).unwrap();
-        if event["payload"]["runId"] == run {
-            let done = last.contains(&event["type"].as_str().unwrap_or_default());
-            seen.push(event);
-            if done {
-                return seen;
-            }
-        }
-    }
+    each_run_event(socket, run, last, Duration::from_secs(60), |e| {
+        seen.push(e.clone())
+    })
+    .await;
+    seen
 }
 
 /// The bytes of a stream's events, decoded.
@@ -856,7 +835,7 @@ async fn no_contract_session_resolves_a_prompt_unless_the_user_opted_in() {
 async fn another_session_sees_nothing_of_a_run() {
     let env = Env::start().await;
     let other = env.bridge.token().await;
-    let mut theirs = socket(&env.bridge, &other).await;
+    let mut theirs = env.bridge.events(&other).await;
     let (_, run) = env
         .execute(json!({ "template": { "program": "echo", "args": ["private"] } }))
         .await;

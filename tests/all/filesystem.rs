@@ -485,12 +485,7 @@ async fn reads_are_limited_in_size() {
 #[tokio::test]
 async fn reads_and_writes_are_published_as_events_without_content() {
     let env = Env::start().await;
-    let url = format!(
-        "ws://{}/ws/v1/events?sessionToken={}",
-        env.bridge.server.addr(),
-        env.token
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut socket = env.bridge.events(&env.token).await;
     next_event(&mut socket, "bridge.connected").await;
 
     let content = "event content that stays out of events";

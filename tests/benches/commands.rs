@@ -14,10 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use capbridge_api::BridgeConfig;
-use capbridge_tests::{component, edit_policy, shipped_policy, Bridge, Fixture, Socket};
-use futures_util::StreamExt as _;
+use capbridge_tests::{
+    component, each_run_event, edit_policy, shipped_policy, Bridge, Fixture, Socket,
+};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const TRUE_RUNS: usize = 200;
 const TICKS: usize = 300;
@@ -67,8 +67,7 @@ fn main() {
     tokio.block_on(async {
         let bridge = Bridge::start(fixture.runtime(), BridgeConfig::default()).await;
         let token = bridge.token().await;
-        let url = format!("ws://{}/ws/v1/events?sessionToken={token}", bridge.server.addr());
-        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut socket = bridge.events(&token).await;
         let execute = |template: &Value| {
             let body = json!({ "template": template });
             let (bridge, token) = (&bridge, &token);
@@ -160,24 +159,8 @@ fn main() {
 }
 
 /// Reads events until `last` for run `id`, handing each of that run's events to `each`.
-async fn until(socket: &mut Socket, id: &str, last: &str, mut each: impl FnMut(&Value)) {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(120), socket.next())
-            .await
-            .expect("an event within 120 s")
-            .expect("socket open")
-            .expect("message");
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let event: Value = serde_json::from_str(&text).unwrap();
-        if event["payload"]["runId"] == id {
-            each(&event);
-            if event["type"] == last {
-                return;
-            }
-        }
-    }
+async fn until(socket: &mut Socket, id: &str, last: &str, each: impl FnMut(&Value)) {
+    each_run_event(socket, id, &[last], Duration::from_secs(120), each).await;
 }
 
 fn report(name: &str, samples: &mut [Duration]) {

@@ -202,6 +202,18 @@ impl Bridge {
         body["sessionToken"].as_str().expect("token").to_string()
     }
 
+    /// The event WebSocket of session `token`.
+    pub async fn events(&self, token: &str) -> Socket {
+        let url = format!(
+            "ws://{}/ws/v1/events?sessionToken={token}",
+            self.server.addr()
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("the event socket opens");
+        socket
+    }
+
     /// `GET path` with the session token in its header.
     pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
         self.client
@@ -362,4 +374,34 @@ pub fn which(program: &str) -> String {
         .unwrap_or_else(|| panic!("{program} is not on PATH"))
         .display()
         .to_string()
+}
+
+/// Reads `socket` until the event whose type is one of `last` for command run `run`, handing
+/// each of that run's events (the last included) to `each`; panics after `wait` without one.
+pub async fn each_run_event(
+    socket: &mut Socket,
+    run: &str,
+    last: &[&str],
+    wait: std::time::Duration,
+    mut each: impl FnMut(&serde_json::Value),
+) {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(wait, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {last:?} for {run} within {wait:?}"))
+            .expect("socket open")
+            .expect("message");
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if event["payload"]["runId"] == run {
+            each(&event);
+            if last.contains(&event["type"].as_str().unwrap_or_default()) {
+                return;
+            }
+        }
+    }
 }

@@ -42,7 +42,7 @@ pub const PROTOCOL_VERSION: &str = "osloop.bridge.v1";
 /// This build's version.
 pub const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Event `source` of the bridge's own events.
-pub const BRIDGE_SOURCE: &str = "capbridge";
+pub const BRIDGE_SOURCE: &str = capbridge_runtime::caps::events::HOST_SOURCE;
 
 /// State every handler shares.
 pub struct Shared {
@@ -92,12 +92,9 @@ impl Shared {
 
     /// Publishes one of the bridge's own events (`bridge.*`) on the bus components use too.
     pub fn publish(&self, topic: &str, payload: serde_json::Value) {
-        self.runtime.events().publish(Event {
-            source: BRIDGE_SOURCE.into(),
-            topic: topic.into(),
-            payload,
-            audience: None,
-        });
+        self.runtime
+            .events()
+            .publish(Event::host(topic, payload, None));
     }
 }
 

@@ -372,33 +372,12 @@ fn serve(
 /// `capbridge prompts …`: one request over the prompt socket of the bridge on `port`.
 fn answer_prompts(port: u16, command: PromptsCommand) -> anyhow::Result<ExitCode> {
     use capbridge_runtime::approvals::Decision;
+    let decide = |id, decision| (prompts::Request::Decide { id, decision }, false);
     let (request, json) = match command {
         PromptsCommand::List { json } => (prompts::Request::List, json),
-        PromptsCommand::Allow { id } => (
-            prompts::Request::Decide {
-                id,
-                decision: Decision::AllowOnce,
-            },
-            false,
-        ),
-        PromptsCommand::Always { id } => (
-            prompts::Request::Decide {
-                id,
-                decision: Decision::AllowAndWhitelist,
-            },
-            false,
-        ),
-        PromptsCommand::Reject { id } => (
-            prompts::Request::Decide {
-                id,
-                decision: Decision::Reject,
-            },
-            false,
-        ),
-    };
-    let decision = match &request {
-        prompts::Request::Decide { decision, .. } => Some(*decision),
-        prompts::Request::List => None,
+        PromptsCommand::Allow { id } => decide(id, Decision::AllowOnce),
+        PromptsCommand::Always { id } => decide(id, Decision::AllowAndWhitelist),
+        PromptsCommand::Reject { id } => decide(id, Decision::Reject),
     };
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -418,8 +397,8 @@ fn answer_prompts(port: u16, command: PromptsCommand) -> anyhow::Result<ExitCode
             }
         }
     }
-    if let (Some(prompt), Some(decision)) = (response.prompt, decision) {
-        println!("{}: {}", prompt.id, prompts::decision_name(decision));
+    if let (Some(prompt), prompts::Request::Decide { decision, .. }) = (response.prompt, &request) {
+        println!("{}: {}", prompt.id, prompts::decision_name(*decision));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -61,6 +61,17 @@ pub enum Decision {
     Reject,
 }
 
+impl Decision {
+    /// As the contract writes it (`allow_once`, `allow_and_whitelist`, `reject`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::AllowOnce => "allow_once",
+            Decision::AllowAndWhitelist => "allow_and_whitelist",
+            Decision::Reject => "reject",
+        }
+    }
+}
+
 /// Who answered for the person.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -216,7 +227,12 @@ impl Approvals {
 
     /// One pending prompt.
     pub fn get(&self, id: &str) -> Option<Prompt> {
-        self.pending().into_iter().find(|p| p.id == id)
+        let inner = self.inner.lock().expect("approvals lock");
+        inner
+            .pending
+            .values()
+            .find(|p| p.prompt.id == id)
+            .map(|p| p.prompt.clone())
     }
 
     /// Answers prompt `id`. Installs cannot be whitelisted.

@@ -158,7 +158,7 @@ fn snake<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// A run with the output its buffers kept.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunDetail {
     #[serde(flatten)]
@@ -171,14 +171,14 @@ pub struct RunDetail {
     pub stderr_encoding: String,
 }
 
+/// The component's `run-detail`: the run nested, not flattened.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct WitRunDetail {
     run: Run,
     stdout: String,
-    #[serde(rename = "stdoutEncoding")]
     stdout_encoding: String,
     stderr: String,
-    #[serde(rename = "stderrEncoding")]
     stderr_encoding: String,
 }
 

@@ -102,6 +102,19 @@ impl Capability for Events {
 /// The `source` of the host's own events; no component may take this name.
 pub const HOST_SOURCE: &str = "capbridge";
 
+impl Event {
+    /// One of the host's own events (`source: capbridge`), for every session (`audience:
+    /// None`) or for one.
+    pub fn host(topic: &str, payload: serde_json::Value, audience: Option<u64>) -> Self {
+        Self {
+            source: HOST_SOURCE.into(),
+            topic: topic.into(),
+            payload,
+            audience,
+        }
+    }
+}
+
 /// How far behind a reader of the audience may be before [`EventBus::publish_paced`] waits.
 pub const PACE_BACKLOG: usize = 64;
 
@@ -278,12 +291,11 @@ mod tests {
     use std::time::Duration;
 
     fn output(session: u64) -> Event {
-        Event {
-            source: HOST_SOURCE.into(),
-            topic: "system.command.stdout".into(),
-            payload: serde_json::json!({}),
-            audience: Some(session),
-        }
+        Event::host(
+            "system.command.stdout",
+            serde_json::json!({}),
+            Some(session),
+        )
     }
 
     #[tokio::test]

@@ -298,12 +298,7 @@ impl AwakeService {
     }
 
     fn publish(&self, topic: &str, payload: serde_json::Value) {
-        self.events.publish(Event {
-            source: super::events::HOST_SOURCE.into(),
-            topic: topic.into(),
-            payload,
-            audience: None,
-        });
+        self.events.publish(Event::host(topic, payload, None));
     }
 }
 

@@ -20,6 +20,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ use super::capbridge::host::process::{
     self as wit, Command as GuestCommand, Host, Request as GuestRequest, RequestKind as GuestKind,
     Rule as GuestRule, Run as GuestRun, RunOutput as GuestOutput, RunStatus as GuestStatus,
 };
-use super::events::{Event, EventBus, HOST_SOURCE};
+use super::events::{Event, EventBus};
 use super::{Capability, GuestError, HostContext, Service};
 use crate::approvals::{now_ms, Answer, Approvals, Decider, Decision, Prompt};
 use crate::own_files::OwnFiles;
@@ -347,8 +348,7 @@ impl From<Command> for GuestCommand {
 }
 
 /// A command or an install.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestKind {
     Command,
     Install,
@@ -364,8 +364,7 @@ impl RequestKind {
 }
 
 /// Where a run is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunStatus {
     PendingApproval,
     Rejected,
@@ -504,7 +503,7 @@ pub struct ProcessService {
     approvals: Approvals,
     rules: RuleStore,
     runs: Mutex<BTreeMap<u64, Arc<runner::RunRecord>>>,
-    next_run: Mutex<u64>,
+    next_run: AtomicU64,
     /// Directories other components may write, for the prompt's warning (set after loading).
     writable: RwLock<Vec<(String, PathBuf)>>,
     /// capbridge's own directories: no run works in them.
@@ -534,7 +533,7 @@ impl ProcessService {
             approvals,
             rules,
             runs: Mutex::new(BTreeMap::new()),
-            next_run: Mutex::new(1),
+            next_run: AtomicU64::new(1),
             writable: RwLock::new(Vec::new()),
         }
     }
@@ -701,11 +700,7 @@ impl ProcessService {
         events: runner::RunEvents,
     ) {
         let withdrawn = *record.stop.borrow();
-        let decision = match answer.decision {
-            Decision::AllowOnce => "allow_once",
-            Decision::AllowAndWhitelist => "allow_and_whitelist",
-            Decision::Reject => "reject",
-        };
+        let decision = answer.decision.as_str();
         let mut rule_id = None;
         if answer.decision == Decision::AllowAndWhitelist && !withdrawn {
             match self.rules.add(
@@ -929,9 +924,10 @@ impl ProcessService {
         }
         let active: Vec<Option<u64>> = runs
             .values()
-            .map(|r| r.info.lock().expect("run lock").clone())
-            .filter(|r| !r.status.is_over())
-            .map(|r| r.session)
+            .filter_map(|r| {
+                let info = r.info.lock().expect("run lock");
+                (!info.status.is_over()).then_some(info.session)
+            })
             .collect();
         let of_session = active.iter().filter(|s| **s == info.session).count();
         if of_session >= MAX_ACTIVE_RUNS || active.len() >= MAX_ACTIVE_RUNS_HOST {
@@ -956,9 +952,7 @@ impl ProcessService {
         {
             runs.remove(key);
         }
-        let mut next = self.next_run.lock().expect("next lock");
-        let key = *next;
-        *next += 1;
+        let key = self.next_run.fetch_add(1, Ordering::Relaxed);
         info.id = format!("run-{key}");
         let id = info.id.clone();
         let record = Arc::new(runner::RunRecord::new(info));
@@ -1092,12 +1086,7 @@ impl ProcessService {
     }
 
     fn publish(&self, topic: &str, audience: Option<u64>, payload: serde_json::Value) {
-        self.events.publish(Event {
-            source: HOST_SOURCE.into(),
-            topic: topic.into(),
-            payload,
-            audience,
-        });
+        self.events.publish(Event::host(topic, payload, audience));
     }
 }
 

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 use super::{RunInfo, RunStatus};
 use crate::approvals::now_ms;
-use crate::caps::events::{Event, EventBus, HOST_SOURCE};
+use crate::caps::events::{Event, EventBus};
 
 /// Bytes of each stream kept per run (10 MiB).
 pub const BUFFER_BYTES: usize = 10 << 20;
@@ -181,12 +181,7 @@ impl RunEvents {
     }
 
     fn event(&self, topic: &str, payload: serde_json::Value) -> Event {
-        Event {
-            source: HOST_SOURCE.into(),
-            topic: topic.into(),
-            payload,
-            audience: self.session,
-        }
+        Event::host(topic, payload, self.session)
     }
 }
 
