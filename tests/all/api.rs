@@ -550,7 +550,8 @@ async fn malformed_paths_get_404_with_the_canonical_path() {
             None => assert!(text.contains("openapi.json"), "{text}"),
         }
     }
-    // Contract routes this bridge does not provide yet say so, after the session check.
+    // A capability route whose component is not loaded (this bridge serves echo only) says so,
+    // after the session check.
     let token = bridge.token().await;
     let mcp = bridge
         .client
@@ -559,8 +560,8 @@ async fn malformed_paths_get_404_with_the_canonical_path() {
         .send()
         .await
         .unwrap();
-    assert_eq!(mcp.status(), StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(error_code(mcp).await, "not_supported");
+    assert_eq!(mcp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(mcp).await, "capability_unavailable");
     let anonymous = bridge
         .client
         .get(bridge.url("/api/v1/mcp/servers"))

@@ -14,6 +14,7 @@ mod commands;
 mod contract_doc;
 mod filesystem;
 mod invoke;
+mod mcp;
 mod sandbox;
 mod system;
 

@@ -48,7 +48,7 @@ fn xtask() -> anyhow::Result<()> {
             // dbus-daemon: the private session bus the sleep-prevention and picker tests run on.
             // The command tests run git, answer prompts in a pseudo-terminal (script), call the
             // prompt socket as another user (setpriv) and contain runs in PID namespaces
-            // (unshare).
+            // (unshare). The MCP tests start real MCP servers from npm (node, npm).
             ensure_packages(&[
                 ("chromium", "chromium"),
                 ("curl", "curl"),
@@ -58,7 +58,10 @@ fn xtask() -> anyhow::Result<()> {
                 ("script", "bsdutils"),
                 ("setpriv", "util-linux"),
                 ("unshare", "util-linux"),
+                ("node", "nodejs"),
+                ("npm", "npm"),
             ])?;
+            install_mcp_servers(&root)?;
             build_guests(&root)?;
             run(cargo().args(["fmt", "--all", "--", "--check"]))
                 .context("code is not formatted: run `cargo fmt --all`")?;
@@ -67,11 +70,20 @@ fn xtask() -> anyhow::Result<()> {
                 .args(["clippy", "--target", GUEST_TARGET])
                 .args(guest_package_args(&root)?)
                 .args(["--", "-D", "warnings"]))?;
-            run(cargo().args(["test", "--no-fail-fast"]).args(&args[1..]))
+            run(cargo().args(["test", "--no-fail-fast"]).args(&args[1..]))?;
+            // The first-party components' own unit tests (their pure parts: shape checks, the
+            // MCP protocol state machine) run on the host.
+            if args.len() == 1 {
+                run(cargo()
+                    .args(["test", "--lib"])
+                    .args(component_package_args(&root)?))?;
+            }
+            Ok(())
         }
         Some("bench") => {
             ensure_toolchain()?;
-            ensure_packages(&[("wrk", "wrk")])?;
+            ensure_packages(&[("wrk", "wrk"), ("node", "nodejs"), ("npm", "npm")])?;
+            install_mcp_servers(&root)?;
             build_guests(&root)?;
             run(cargo()
                 .args(["bench", "--package", "capbridge-tests"])
@@ -173,6 +185,30 @@ fn ensure_packages(needed: &[(&str, &str)]) -> anyhow::Result<()> {
     .with_context(|| format!("installing packages; run `{install}`"))
 }
 
+/// Installs the MCP servers the tests and benchmarks start (`tests/mcp-servers`, exact versions
+/// from its package-lock.json) unless they are there already.
+fn install_mcp_servers(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("tests/mcp-servers");
+    let lock = dir.join("package-lock.json");
+    let installed = dir.join("node_modules/.package-lock.json");
+    let current = match (std::fs::metadata(&lock), std::fs::metadata(&installed)) {
+        (Ok(lock), Ok(installed)) => installed.modified()? >= lock.modified()?,
+        _ => false,
+    };
+    if current {
+        return Ok(());
+    }
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir))
+    .with_context(|| {
+        format!(
+            "installing the test MCP servers; run `npm ci --prefix {}`",
+            dir.display()
+        )
+    })
+}
+
 fn on_path(command: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
@@ -204,6 +240,15 @@ fn guest_crates(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 fn guest_package_args(root: &Path) -> anyhow::Result<Vec<String>> {
     Ok(guest_crates(root)?
         .into_iter()
+        .flat_map(|(name, _)| ["--package".to_string(), name])
+        .collect())
+}
+
+/// `--package <name>` for each first-party component (`components/*`).
+fn component_package_args(root: &Path) -> anyhow::Result<Vec<String>> {
+    Ok(guest_crates(root)?
+        .into_iter()
+        .filter(|(_, dir)| dir.starts_with(root.join("components")))
         .flat_map(|(name, _)| ["--package".to_string(), name])
         .collect())
 }

@@ -185,12 +185,15 @@ pub async fn ask(port: u16, request: &Request) -> anyhow::Result<Response> {
 /// How a prompt reads in a terminal.
 pub fn describe(prompt: &Prompt) -> String {
     let mut text = format!(
-        "{} wants to {} (prompt {}{}):\n    {}\n  program {}\n  in {}\n",
+        "{} wants to {} (prompt {}{}):\n    {}\n",
         prompt.component,
-        if prompt.kind == "install" {
-            "install a tool"
-        } else {
-            "run a command"
+        match prompt.kind.as_str() {
+            "install" => "install a tool".to_string(),
+            "mcp-server" => format!(
+                "register MCP server `{}`",
+                prompt.server_id.as_deref().unwrap_or_default()
+            ),
+            _ => "run a command".to_string(),
         },
         prompt.id,
         prompt
@@ -198,11 +201,24 @@ pub fn describe(prompt: &Prompt) -> String {
             .map(|s| format!(", session {s}"))
             .unwrap_or_default(),
         prompt.summary,
-        prompt.program_path,
-        prompt.cwd,
     );
+    for (label, value) in [
+        ("program", &prompt.program_path),
+        ("in", &prompt.cwd),
+        ("reaching", &prompt.url),
+    ] {
+        if let Some(value) = value {
+            text.push_str(&format!("  {label} {value}\n"));
+        }
+    }
     if !prompt.env_names.is_empty() {
         text.push_str(&format!("  setting {}\n", prompt.env_names.join(", ")));
+    }
+    if !prompt.header_names.is_empty() {
+        text.push_str(&format!(
+            "  sending headers {}\n",
+            prompt.header_names.join(", ")
+        ));
     }
     if prompt.has_stdin {
         text.push_str("  with standard input (not shown)\n");

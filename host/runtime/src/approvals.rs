@@ -26,22 +26,35 @@ pub const MAX_PENDING_PER_SESSION: usize = 16;
 pub struct Prompt {
     /// `req-<n>`, unique for the life of the host.
     pub id: String,
-    /// `command` or `install`.
+    /// `command`, `install` or `mcp-server` (registering or changing an MCP server).
     pub kind: String,
     /// The component that asked.
     pub component: String,
     /// The contract session it asked for (none outside the contract).
     pub session: Option<u64>,
-    /// The run it would start.
-    pub run_id: String,
-    /// One line a person reads: the program and its arguments (templates), shell-quoted.
+    /// The run it would start (`command`, `install`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The MCP server it would register or change (`mcp-server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// One line a person reads: the program and its arguments (templates), shell-quoted; or
+    /// the URL reached.
     pub summary: String,
-    /// The program's host path.
-    pub program_path: String,
-    /// The working directory.
-    pub cwd: String,
+    /// The program's host path (none for a URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_path: Option<String>,
+    /// The working directory (none for a URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// The URL reached (an MCP server over HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Names of the variables the request sets (never their values).
     pub env_names: Vec<String>,
+    /// Names of the HTTP headers sent (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_names: Vec<String>,
     /// Whether it gives standard input (its content is not shown).
     pub has_stdin: bool,
     /// What the person should know before allowing it.
@@ -109,7 +122,7 @@ pub struct Answer {
 pub enum DecideError {
     #[error("no pending prompt `{0}` (it was decided, timed out, or never existed)")]
     NotFound(String),
-    #[error("prompt `{0}` is an install: installs can never be whitelisted; allow once or reject")]
+    #[error("prompt `{0}` cannot be whitelisted (installs and MCP server registrations are approved one at a time); allow once or reject")]
     NotWhitelistable(String),
 }
 
@@ -319,11 +332,14 @@ mod tests {
             kind: "command".into(),
             component: "commands".into(),
             session,
-            run_id: "run-1".into(),
+            run_id: Some("run-1".into()),
+            server_id: None,
             summary: "true".into(),
-            program_path: "/bin/true".into(),
-            cwd: "/".into(),
+            program_path: Some("/bin/true".into()),
+            cwd: Some("/".into()),
+            url: None,
             env_names: vec![],
+            header_names: vec![],
             has_stdin: false,
             warnings: vec![],
             whitelistable,

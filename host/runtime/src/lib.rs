@@ -21,6 +21,7 @@ pub mod own_files;
 pub mod recorder;
 pub mod runtime;
 pub mod state;
+pub mod state_file;
 pub mod values;
 
 pub use capbridge_policy as policy;

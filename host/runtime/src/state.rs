@@ -26,6 +26,11 @@ pub struct Grants {
     pub services: Services,
     /// The contract session the call is made for (`None`: the CLI, a test, a benchmark).
     pub session: Option<u64>,
+    /// Starts instances of this same component for work that outlives a call.
+    pub background: Option<crate::runtime::Background>,
+    /// What the host started this instance for, when it did ([`crate::runtime::Background`]);
+    /// `None` for every call from outside.
+    pub role: Option<String>,
 }
 
 /// The `T` of every `Store<T>` capbridge creates.
@@ -155,6 +160,8 @@ impl HostState {
                 events,
                 services,
                 session,
+                background: None,
+                role: None,
             },
             stdout,
             stderr,

@@ -12,15 +12,14 @@ pub mod capability;
 pub mod commands;
 pub mod events;
 pub mod filesystem;
+pub mod mcp;
 pub mod session;
 pub mod system;
 pub mod system_commands;
 
 use std::sync::{Arc, LazyLock};
 
-use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode, Uri};
-use axum::routing::any;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
@@ -63,11 +62,11 @@ pub const MODULES: &[RouteModule] = &[
     awake::MODULE,
     system::MODULE,
     system_commands::MODULE,
-    NOT_SUPPORTED_MODULE,
+    mcp::MODULE,
 ];
 
 /// Every path this bridge serves, canonical form (`{x}`: one segment), as the registered
-/// modules declare them (the contract's routes it answers with 501 are [`NOT_SUPPORTED`]).
+/// modules declare them.
 pub fn routes() -> &'static [String] {
     static ROUTES: LazyLock<Vec<String>> = LazyLock::new(|| {
         crate::openapi::document()
@@ -81,45 +80,7 @@ pub fn routes() -> &'static [String] {
 }
 
 /// Capabilities of seed 000 that this bridge does not provide, with why.
-pub const UNAVAILABLE: &[(&str, &str)] = &[
-    ("mcp_proxy", "not supported yet"),
-    ("tray_mode", "the headless bridge has no tray"),
-];
-
-const NOT_SUPPORTED_MODULE: RouteModule = RouteModule {
-    capabilities: &[],
-    component: None,
-    routes: || vec![(Tier::Session, not_supported())],
-};
-
-/// Routes of the seed-000 contract this bridge does not provide yet: they answer 501
-/// `not_supported` (after the session check) rather than pretending.
-pub const NOT_SUPPORTED: &[&str] = &[
-    "/api/v1/mcp/servers",
-    "/api/v1/mcp/servers/{serverId}",
-    "/api/v1/mcp/servers/{serverId}/connect",
-    "/api/v1/mcp/servers/{serverId}/disconnect",
-    "/api/v1/mcp/servers/{serverId}/capabilities",
-    "/api/v1/mcp/call",
-];
-
-fn not_supported() -> Routes {
-    NOT_SUPPORTED.iter().fold(Routes::new(), |router, path| {
-        router.route(path, any(not_supported_handler))
-    })
-}
-
-async fn not_supported_handler(path: MatchedPath) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_supported",
-        format!(
-            "`{}` is part of the bridge contract, but this capbridge does not provide it yet",
-            path.as_str()
-        ),
-    )
-    .with_hint("GET /api/v1/capabilities lists what this bridge provides")
-}
+pub const UNAVAILABLE: &[(&str, &str)] = &[("tray_mode", "the headless bridge has no tray")];
 
 /// 404 for every path that is not a route, with the canonical path when one was meant
 /// (`/api/v1/api/v1/health`, `/api/v2/health`, `/api/v1/health/`, `//api/v1/health`, `/health`).
@@ -156,17 +117,14 @@ pub fn canonical(path: &str) -> Option<String> {
 
 fn is_route(path: &str) -> bool {
     let wanted: Vec<&str> = path.split('/').collect();
-    let documented = routes().iter().map(String::as_str);
-    documented
-        .chain(NOT_SUPPORTED.iter().copied())
-        .any(|route| {
-            let parts: Vec<&str> = route.split('/').collect();
-            parts.len() == wanted.len()
-                && parts
-                    .iter()
-                    .zip(&wanted)
-                    .all(|(p, w)| p.starts_with('{') || p == w)
-        })
+    routes().iter().any(|route| {
+        let parts: Vec<&str> = route.split('/').collect();
+        parts.len() == wanted.len()
+            && parts
+                .iter()
+                .zip(&wanted)
+                .all(|(p, w)| p.starts_with('{') || p == w)
+    })
 }
 
 #[cfg(test)]

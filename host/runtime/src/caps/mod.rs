@@ -20,6 +20,7 @@ pub mod awake;
 pub mod dialog;
 pub mod events;
 pub mod log;
+pub mod mcp;
 pub mod network;
 pub mod process;
 pub mod system;
@@ -62,6 +63,7 @@ pub static ALL: &[&dyn Capability] = &[
     &dialog::Dialog,
     &system::System,
     &process::Process,
+    &mcp::Mcp,
 ];
 
 /// The policy halves of [`ALL`], for reading policy files.

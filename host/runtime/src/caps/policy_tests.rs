@@ -447,6 +447,51 @@ mod policy {
     }
 
     #[test]
+    fn mcp_is_granted_only_when_written_and_checked() {
+        use super::super::mcp::McpGrant;
+        assert!(ok("version = 1").grant::<McpGrant>().is_none());
+        let p = ok(
+            "version = 1\n[grants.mcp]\nprograms = [\"npx\"]\nworking-directories = [\"/tmp\"]\n\
+             urls = [\"http://127.0.0.1:*\", \"https://mcp.example.com\"]\n",
+        );
+        let grant = p.grant::<McpGrant>().unwrap();
+        assert_eq!(grant.launch.programs, ["npx"]);
+        assert_eq!(grant.urls.len(), 2);
+        // HTTP servers only: no directories needed.
+        assert!(
+            ok("version = 1\n[grants.mcp]\nurls = [\"http://localhost:*\"]\n")
+                .grant::<McpGrant>()
+                .is_some()
+        );
+        for (text, key) in [
+            ("urls = []", "grants.mcp"),
+            ("programs = [\"*\"]", "grants.mcp.working-directories"),
+            ("urls = [\"http://*.example.com\"]", "grants.mcp.urls[0]"),
+            ("urls = [\"https://example.com/mcp\"]", "grants.mcp.urls[0]"),
+            ("urls = [\"ftp://example.com\"]", "grants.mcp.urls[0]"),
+            (
+                "programs = [\"bin/x\"]\nworking-directories = [\"/tmp\"]",
+                "grants.mcp.programs[0]",
+            ),
+        ] {
+            let message = problem(&format!("version = 1\n[grants.mcp]\n{text}\n"));
+            assert!(message.starts_with(key), "{text}: {message}");
+        }
+        assert!(syntax_error("version = 1\n[grants.mcp]\nurl = []\n").contains("url"));
+        let risks: Vec<String> = p.explain().risks().map(|l| l.text.clone()).collect();
+        assert!(risks.iter().any(|r| r.contains("npx")), "{risks:?}");
+        assert!(
+            risks.iter().any(|r| r.contains("https://mcp.example.com")),
+            "{risks:?}"
+        );
+        assert!(ok("version = 1")
+            .explain()
+            .not_granted
+            .join("\n")
+            .contains("no MCP servers"));
+    }
+
+    #[test]
     fn explain_flags_pickers_and_programs() {
         let p = ok("version = 1\n[grants]\nawake = true\ndialog = true\n[grants.system]\nprograms = [\"git\"]\n");
         let explained = p.explain();

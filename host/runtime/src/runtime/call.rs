@@ -149,6 +149,8 @@ impl Runtime {
             self.config.determinism,
         )
         .map_err(|e| CallError::Host(format!("{e:#}")))?;
+        let mut state = state;
+        state.grants.background = Some(loaded.background.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         Ok(store)

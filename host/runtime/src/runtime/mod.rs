@@ -12,8 +12,11 @@
 //! may reach for a session ([`Runtime::paths`]), end sessions ([`Runtime::end_session`]) and stop
 //! the host ([`Runtime::shutdown`]); the capabilities' services stay behind it.
 
+mod background;
 mod call;
 mod exports;
+
+pub use background::{Background, Ended};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -194,6 +197,7 @@ struct Loaded {
     pre: InstancePre<HostState>,
     functions: BTreeMap<String, Function>,
     persistent: Option<tokio::sync::Mutex<Option<Live>>>,
+    background: Background,
 }
 
 struct Function {
@@ -481,7 +485,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| format!("cannot link against {}: {e:#}", policy.source.display()))?;
 
-        let functions = functions
+        let functions: BTreeMap<String, Function> = functions
             .into_iter()
             .filter_map(|(name, (f, unsupported))| {
                 let index = lookup_export(&component, &name)?;
@@ -499,13 +503,27 @@ impl Runtime {
             .collect();
         let persistent =
             (policy.instance == InstanceMode::Persistent).then(|| tokio::sync::Mutex::new(None));
+        let services = self.services.granted_to(&policy);
+        let background = Background::new(
+            self.engine.clone(),
+            pre.clone(),
+            functions
+                .iter()
+                .map(|(name, f): (&String, &Function)| (name.clone(), f.index))
+                .collect(),
+            policy.clone(),
+            self.events.clone(),
+            services.clone(),
+            self.config.determinism,
+        );
         Ok((
             Loaded {
-                services: self.services.granted_to(&policy),
+                services,
                 policy,
                 pre,
                 functions,
                 persistent,
+                background,
             },
             outcome == CacheOutcome::Hit,
         ))

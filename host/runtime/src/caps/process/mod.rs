@@ -14,7 +14,7 @@
 
 mod rules;
 mod runner;
-mod template;
+pub(crate) mod template;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +41,7 @@ use crate::own_files::OwnFiles;
 use crate::state::HostState;
 
 pub use rules::{Rule, RuleStore};
+pub(crate) use runner::{contained, signal_group};
 pub use runner::{Containment, Utf8Chunks, BUFFER_BYTES, TERM_GRACE};
 pub use template::{fills, STEERING_VARIABLES};
 
@@ -167,66 +168,72 @@ impl GrantKind for Process {
         if file.programs.is_empty() {
             cx.problem(".programs", "is empty: name the programs, or `*` for any");
         }
-        for (i, program) in file.programs.iter().enumerate() {
-            let bare = !program.is_empty()
-                && !program.contains('/')
-                && !program.contains('\0')
-                && program != "."
-                && program != "..";
-            if !(program == "*" || bare || (program.starts_with('/') && !program.contains('\0'))) {
-                cx.problem(
-                    &format!(".programs[{i}]"),
-                    format!("{program:?} is not `*`, a bare program name or an absolute path"),
-                );
-            }
-        }
         if file.working_directories.is_empty() {
             cx.problem(
                 ".working-directories",
                 "is empty: name at least one directory commands may run in",
             );
         }
-        let mut working_directories = Vec::new();
-        for (i, dir) in file.working_directories.iter().enumerate() {
-            // `~` alone is the home directory (a directory grant never takes all of it).
-            let expanded = match (dir.as_str(), cx.home) {
-                ("~", Some(home)) => capbridge_policy::host_path(&home.display().to_string(), None),
-                _ => capbridge_policy::host_path(dir, cx.home),
-            };
-            match expanded {
-                Ok(path) => working_directories.push(path),
-                Err(e) => cx.problem(
-                    &format!(".working-directories[{i}]"),
-                    format!("{dir:?} {e}"),
-                ),
-            }
-        }
-        for (i, name) in file.inherit_environment.iter().enumerate() {
-            if !template::is_variable_name(name) {
-                cx.problem(
-                    &format!(".inherit-environment[{i}]"),
-                    format!("{name:?} is not a variable name"),
-                );
-            }
-        }
-        for (i, name) in file.request_environment.iter().enumerate() {
-            if !template::is_variable_name(name.strip_suffix('*').unwrap_or(name)) {
-                cx.problem(
-                    &format!(".request-environment[{i}]"),
-                    format!("{name:?} is not a variable name or a prefix ending in `*`"),
-                );
-            }
-        }
-        Ok(Some(Arc::new(ProcessGrant {
-            programs: file.programs,
-            working_directories,
-            inherit_environment: file.inherit_environment,
-            request_environment: file.request_environment,
-        })))
+        Ok(Some(Arc::new(read_launch_grant(file, cx))))
     }
 
     fn not_granted(&self) -> &'static str {
         "no processes: it cannot ask to run anything"
+    }
+}
+
+/// Reads the fields of a grant shaped like `grants.process` (also `grants.mcp`'s launch part),
+/// noting each problem with its key; the caller checks which may be empty.
+pub(crate) fn read_launch_grant(file: ProcessGrantFile, cx: &mut GrantContext<'_>) -> ProcessGrant {
+    for (i, program) in file.programs.iter().enumerate() {
+        let bare = !program.is_empty()
+            && !program.contains('/')
+            && !program.contains('\0')
+            && program != "."
+            && program != "..";
+        if !(program == "*" || bare || (program.starts_with('/') && !program.contains('\0'))) {
+            cx.problem(
+                &format!(".programs[{i}]"),
+                format!("{program:?} is not `*`, a bare program name or an absolute path"),
+            );
+        }
+    }
+    let mut working_directories = Vec::new();
+    for (i, dir) in file.working_directories.iter().enumerate() {
+        // `~` alone is the home directory (a directory grant never takes all of it).
+        let expanded = match (dir.as_str(), cx.home) {
+            ("~", Some(home)) => capbridge_policy::host_path(&home.display().to_string(), None),
+            _ => capbridge_policy::host_path(dir, cx.home),
+        };
+        match expanded {
+            Ok(path) => working_directories.push(path),
+            Err(e) => cx.problem(
+                &format!(".working-directories[{i}]"),
+                format!("{dir:?} {e}"),
+            ),
+        }
+    }
+    for (i, name) in file.inherit_environment.iter().enumerate() {
+        if !template::is_variable_name(name) {
+            cx.problem(
+                &format!(".inherit-environment[{i}]"),
+                format!("{name:?} is not a variable name"),
+            );
+        }
+    }
+    for (i, name) in file.request_environment.iter().enumerate() {
+        if !template::is_variable_name(name.strip_suffix('*').unwrap_or(name)) {
+            cx.problem(
+                &format!(".request-environment[{i}]"),
+                format!("{name:?} is not a variable name or a prefix ending in `*`"),
+            );
+        }
+    }
+    ProcessGrant {
+        programs: file.programs,
+        working_directories,
+        inherit_environment: file.inherit_environment,
+        request_environment: file.request_environment,
     }
 }
 
@@ -651,13 +658,16 @@ impl ProcessService {
             kind: request.kind.as_str().into(),
             component: component.clone(),
             session,
-            run_id: id.clone(),
+            run_id: Some(id.clone()),
+            server_id: None,
             // Every text a terminal shows is made printable: no escape sequence in a request can
             // redraw the prompt.
             summary: template::display(&request.template.program, &request.template.args),
-            program_path: template::printable(&checked.program.display().to_string()),
-            cwd: template::printable(&checked.cwd.display().to_string()),
+            program_path: Some(template::printable(&checked.program.display().to_string())),
+            cwd: Some(template::printable(&checked.cwd.display().to_string())),
+            url: None,
             env_names,
+            header_names: Vec::new(),
             has_stdin: request.template.stdin.is_some(),
             warnings,
             whitelistable: request.kind == RequestKind::Command,
@@ -672,7 +682,7 @@ impl ProcessService {
             }
         };
         let info = record.update(|info| info.request_id = Some(prompt.id.clone()));
-        tracing::info!(target: "capbridge::audit", run = %id, request = %prompt.id, component, ?session, kind = request.kind.as_str(), command = %prompt.summary, cwd = %prompt.cwd, "approval asked");
+        tracing::info!(target: "capbridge::audit", run = %id, request = %prompt.id, component, ?session, kind = request.kind.as_str(), command = %prompt.summary, cwd = ?prompt.cwd, "approval asked");
         self.publish(
             "system.permission.prompt",
             session,
@@ -723,7 +733,7 @@ impl ProcessService {
                 }
             }
         }
-        tracing::info!(target: "capbridge::audit", run = %prompt.run_id, request = %prompt.id, component = %prompt.component, session = ?prompt.session, decision, by = answer.by.as_str(), rule = ?rule_id, "approval decided");
+        tracing::info!(target: "capbridge::audit", run = ?prompt.run_id, request = %prompt.id, component = %prompt.component, session = ?prompt.session, decision, by = answer.by.as_str(), rule = ?rule_id, "approval decided");
         self.publish(
             "system.permission.decided",
             prompt.session,
@@ -810,106 +820,17 @@ impl ProcessService {
             }
         }
         template::check_resolved(&request.template, &request.resolved).map_err(Refusal::Invalid)?;
-        for (name, _) in &request.template.env {
-            if !template::is_variable_name(name) {
-                return Err(Refusal::Invalid(format!(
-                    "`template.env.{name}` is not a variable name"
-                )));
-            }
-            if template::is_steering(name)
-                && !grant
-                    .request_environment
-                    .iter()
-                    .any(|p| template::name_matches(p, name))
-            {
-                return Err(Refusal::PolicyDenied(format!(
-                    "`template.env.{name}`: {name} changes how programs load or run, and \
-                     grants.process.request-environment of {} does not name it",
-                    policy.source.display()
-                )));
-            }
-        }
-        // The child's environment: what the policy passes through, then what the request sets.
-        let mut env: Vec<(String, String)> = grant
-            .inherit_environment
-            .iter()
-            .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
-            .collect();
-        for (name, value) in &request.resolved.env {
-            env.retain(|(k, _)| k != name);
-            env.push((name.clone(), value.clone()));
-        }
-        let path = env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-        let program_text = &request.template.program;
-        if program_text.is_empty() || (program_text.contains('/') && !program_text.starts_with('/'))
-        {
-            return Err(Refusal::Invalid(format!(
-                "`template.program` {program_text:?} is not a bare program name or an absolute path"
-            )));
-        }
-        // The PATH searched is not named: a request may have filled it from a placeholder.
-        let program = runner::resolve_program(program_text, path).ok_or_else(|| {
-            Refusal::Invalid(format!(
-                "`template.program`: no executable {program_text:?} {}",
-                if program_text.starts_with('/') {
-                    "exists"
-                } else {
-                    "on the run's PATH"
-                }
-            ))
-        })?;
-        let allowed = grant.programs.iter().any(|granted| {
-            granted == "*"
-                || Path::new(granted) == program
-                || (!granted.contains('/')
-                    && runner::resolve_program(granted, path).as_deref() == Some(&program))
-        });
-        if !allowed {
-            return Err(Refusal::PolicyDenied(format!(
-                "`template.program`: {} is not in grants.process.programs of {}",
-                program.display(),
-                policy.source.display()
-            )));
-        }
-        let cwd = match &request.template.cwd {
-            Some(cwd) => {
-                if !cwd.starts_with('/') {
-                    return Err(Refusal::Invalid(format!(
-                        "`template.cwd` {cwd:?} is not an absolute path"
-                    )));
-                }
-                std::fs::canonicalize(cwd)
-                    .ok()
-                    .filter(|p| p.is_dir())
-                    .ok_or_else(|| {
-                        Refusal::Invalid(format!("`template.cwd` {cwd:?} is not a directory"))
-                    })?
-            }
-            None => grant.working_directories.first().cloned().ok_or_else(|| {
-                Refusal::PolicyDenied("grants.process.working-directories is empty".into())
-            })?,
-        };
-        if let Some(why) = self.own_files.within(&cwd) {
-            return Err(Refusal::PolicyDenied(format!(
-                "`template.cwd`: {}: {why}",
-                cwd.display()
-            )));
-        }
-        if !grant
-            .working_directories
-            .iter()
-            .any(|dir| cwd.starts_with(dir))
-        {
-            return Err(Refusal::PolicyDenied(format!(
-                "`template.cwd`: {} is not inside grants.process.working-directories of {}",
-                cwd.display(),
-                policy.source.display()
-            )));
-        }
-        Ok(Checked { program, cwd, env })
+        check_launch(
+            grant,
+            "grants.process",
+            "template",
+            &request.template.program,
+            request.template.cwd.as_deref(),
+            &request.template.env,
+            &request.resolved.env,
+            &self.own_files,
+            &policy.source,
+        )
     }
 
     fn new_run(&self, mut info: RunInfo) -> Result<(String, Arc<runner::RunRecord>), Refusal> {
@@ -1091,10 +1012,125 @@ impl ProcessService {
 }
 
 /// A request's checked program, directory and environment.
-struct Checked {
-    program: PathBuf,
-    cwd: PathBuf,
-    env: Vec<(String, String)>,
+pub(crate) struct Checked {
+    pub program: PathBuf,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+/// Checks what a launch asks for against a grant shaped like `grants.process` (`key` names it in
+/// refusals, `field` the request's part): the program (resolved on the child's `PATH`), the
+/// working directory, and the variables set. Returns what the child gets.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_launch(
+    grant: &ProcessGrant,
+    key: &str,
+    field: &str,
+    program_text: &str,
+    cwd: Option<&str>,
+    template_env: &[(String, String)],
+    resolved_env: &[(String, String)],
+    own_files: &OwnFiles,
+    source: &Path,
+) -> Result<Checked, Refusal> {
+    for (name, _) in template_env {
+        if !template::is_variable_name(name) {
+            return Err(Refusal::Invalid(format!(
+                "`{field}.env.{name}` is not a variable name"
+            )));
+        }
+        if template::is_steering(name)
+            && !grant
+                .request_environment
+                .iter()
+                .any(|p| template::name_matches(p, name))
+        {
+            return Err(Refusal::PolicyDenied(format!(
+                "`{field}.env.{name}`: {name} changes how programs load or run, and \
+                 {key}.request-environment of {} does not name it",
+                source.display()
+            )));
+        }
+    }
+    // The child's environment: what the policy passes through, then what the request sets.
+    let mut env: Vec<(String, String)> = grant
+        .inherit_environment
+        .iter()
+        .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
+        .collect();
+    for (name, value) in resolved_env {
+        env.retain(|(k, _)| k != name);
+        env.push((name.clone(), value.clone()));
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    if program_text.is_empty() || (program_text.contains('/') && !program_text.starts_with('/')) {
+        return Err(Refusal::Invalid(format!(
+            "`{field}.program` {program_text:?} is not a bare program name or an absolute path"
+        )));
+    }
+    // The PATH searched is not named: a request may have filled it from a placeholder.
+    let program = runner::resolve_program(program_text, path).ok_or_else(|| {
+        Refusal::Invalid(format!(
+            "`{field}.program`: no executable {program_text:?} {}",
+            if program_text.starts_with('/') {
+                "exists"
+            } else {
+                "on the run's PATH"
+            }
+        ))
+    })?;
+    let allowed = grant.programs.iter().any(|granted| {
+        granted == "*"
+            || Path::new(granted) == program
+            || (!granted.contains('/')
+                && runner::resolve_program(granted, path).as_deref() == Some(&program))
+    });
+    if !allowed {
+        return Err(Refusal::PolicyDenied(format!(
+            "`{field}.program`: {} is not in {key}.programs of {}",
+            program.display(),
+            source.display()
+        )));
+    }
+    let cwd =
+        match cwd {
+            Some(cwd) => {
+                if !cwd.starts_with('/') {
+                    return Err(Refusal::Invalid(format!(
+                        "`{field}.cwd` {cwd:?} is not an absolute path"
+                    )));
+                }
+                std::fs::canonicalize(cwd)
+                    .ok()
+                    .filter(|p| p.is_dir())
+                    .ok_or_else(|| {
+                        Refusal::Invalid(format!("`{field}.cwd` {cwd:?} is not a directory"))
+                    })?
+            }
+            None => grant.working_directories.first().cloned().ok_or_else(|| {
+                Refusal::PolicyDenied(format!("{key}.working-directories is empty"))
+            })?,
+        };
+    if let Some(why) = own_files.within(&cwd) {
+        return Err(Refusal::PolicyDenied(format!(
+            "`{field}.cwd`: {}: {why}",
+            cwd.display()
+        )));
+    }
+    if !grant
+        .working_directories
+        .iter()
+        .any(|dir| cwd.starts_with(dir))
+    {
+        return Err(Refusal::PolicyDenied(format!(
+            "`{field}.cwd`: {} is not inside {key}.working-directories of {}",
+            cwd.display(),
+            source.display()
+        )));
+    }
+    Ok(Checked { program, cwd, env })
 }
 
 impl Service for ProcessService {

@@ -200,42 +200,12 @@ pub async fn run(launch: Launch, record: Arc<RunRecord>, events: RunEvents) {
         return;
     }
     let containment = Containment::get();
-    let mut command = match containment {
-        Containment::PidNamespace(unshare) => {
-            let mut command = tokio::process::Command::new(unshare);
-            command
-                .args(["--pid", "--fork", "--kill-child", "--"])
-                .arg(&launch.program);
-            command
-        }
-        Containment::ProcessGroup => tokio::process::Command::new(&launch.program),
-    };
-    command
-        .args(&launch.args)
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&launch.cwd)
-        .stdin(if launch.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let parent = rustix::process::getpid();
-    // SAFETY: between fork and exec only async-signal-safe system calls (prctl, getppid, kill).
-    unsafe {
-        command.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            // capbridge may have died between fork and the prctl: then nobody is left to wait.
-            if rustix::process::getppid() != Some(parent) {
-                return Err(std::io::Error::other("capbridge exited"));
-            }
-            Ok(())
-        });
-    }
+    let mut command = contained(&launch.program, &launch.args, &launch.cwd, &launch.env);
+    command.stdin(if launch.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -366,7 +336,52 @@ enum Ending {
     Stopped,
 }
 
-fn signal_group(group: Option<rustix::process::Pid>, signal: rustix::process::Signal) {
+/// A child process kept together with everything it starts ([`Containment`]): its own process
+/// group (or PID namespace), killed when capbridge dies (PDEATHSIG) or the handle is dropped,
+/// with exactly `env` as its environment. Its output streams are piped; its input is null
+/// unless the caller says otherwise.
+pub fn contained(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+) -> tokio::process::Command {
+    let mut command = match Containment::get() {
+        Containment::PidNamespace(unshare) => {
+            let mut command = tokio::process::Command::new(unshare);
+            command
+                .args(["--pid", "--fork", "--kill-child", "--"])
+                .arg(program);
+            command
+        }
+        Containment::ProcessGroup => tokio::process::Command::new(program),
+    };
+    command
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let parent = rustix::process::getpid();
+    // SAFETY: between fork and exec only async-signal-safe system calls (prctl, getppid, kill).
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // capbridge may have died between fork and the prctl: then nobody is left to wait.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::other("capbridge exited"));
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+pub fn signal_group(group: Option<rustix::process::Pid>, signal: rustix::process::Signal) {
     if let Some(group) = group {
         // ESRCH: nobody left in the group.
         let _ = rustix::process::kill_process_group(group, signal);
