@@ -63,6 +63,27 @@ fn mcp_policy(work: &Path, edit: impl FnOnce(&mut toml::Table)) -> String {
     })
 }
 
+/// A fixture with the mcp-proxy component under [`mcp_policy`]`(work, edit)`.
+fn proxy_fixture(work: &Path, edit: impl FnOnce(&mut toml::Table)) -> Fixture {
+    let fixture = Fixture::new();
+    fixture.add(
+        "mcp-proxy",
+        &component("mcp-proxy"),
+        Some(&mcp_policy(work, edit)),
+    );
+    fixture
+}
+
+/// An mcp-fixture server registered over stdio by [`Env::add_fixture`].
+struct Added {
+    /// Its own new directory in the working directory: its cwd.
+    cwd: PathBuf,
+    /// Its log, [`log_in`] `cwd` (written only when registered by [`Env::add_logged_fixture`]).
+    log: PathBuf,
+    /// The transport it was registered and allowed with.
+    transport: Value,
+}
+
 impl Env {
     async fn start() -> Self {
         Self::with(|_| {}).await
@@ -70,12 +91,7 @@ impl Env {
 
     async fn with(edit: impl FnOnce(&mut toml::Table)) -> Self {
         let work = tempfile::tempdir().unwrap();
-        let fixture = Fixture::new();
-        fixture.add(
-            "mcp-proxy",
-            &component("mcp-proxy"),
-            Some(&mcp_policy(work.path(), edit)),
-        );
+        let fixture = proxy_fixture(work.path(), edit);
         Self::serve(fixture, work).await
     }
 
@@ -176,6 +192,20 @@ impl Env {
         .await
     }
 
+    /// Registers `transport` as `id`, which must be accepted; returns the server.
+    async fn register_ok(&self, id: &str, transport: Value) -> Value {
+        let (status, server) = self.register(id, transport).await;
+        assert_eq!(status, StatusCode::OK, "{server}");
+        server
+    }
+
+    /// `PATCH`es server `id` with `body`, which must be accepted; returns the server.
+    async fn change(&self, id: &str, body: Value) -> Value {
+        let (status, server) = self.patch(&format!("/api/v1/mcp/servers/{id}"), body).await;
+        assert_eq!(status, StatusCode::OK, "{server}");
+        server
+    }
+
     /// The person answers the prompt `server` waits on.
     fn decide(&self, server: &Value, decision: Decision) {
         let request = server["requestId"]
@@ -194,13 +224,57 @@ impl Env {
         .await
     }
 
+    /// Waits until server `id` is no longer listed.
+    async fn until_forgotten(&self, id: &str) {
+        until(&format!("`{id}` forgotten"), || async {
+            self.server(id).await.is_none().then_some(())
+        })
+        .await
+    }
+
+    /// Waits until server `id` has no pending change (applied or rejected) and returns it.
+    async fn until_no_pending_change(&self, id: &str) -> Value {
+        until(&format!("`{id}`'s change decided"), || async {
+            self.server(id)
+                .await
+                .filter(|s| s["pendingChange"].is_null())
+        })
+        .await
+    }
+
     /// Registers `transport` as `id` and allows it: the server is `disconnected`, persisted.
     async fn add(&self, id: &str, transport: Value) -> Value {
-        let (status, server) = self.register(id, transport).await;
-        assert_eq!(status, StatusCode::OK, "{server}");
+        let server = self.register_ok(id, transport).await;
         assert_eq!(server["state"], "pending_approval", "{server}");
         self.decide(&server, Decision::AllowOnce);
         self.until_state(id, "disconnected").await
+    }
+
+    /// [`Env::add`]s `mcp-fixture stdio <args>` as `id`, in a new directory `id` with `vars` in
+    /// its environment.
+    async fn add_fixture(&self, id: &str, args: &[&str], vars: &[(&str, &str)]) -> Added {
+        let cwd = self.dir(id);
+        let transport = fixture_stdio(&cwd, &[&["stdio"], args].concat(), vars);
+        self.add(id, transport.clone()).await;
+        Added {
+            log: log_in(&cwd),
+            cwd,
+            transport,
+        }
+    }
+
+    /// [`Env::add_fixture`] with the server logging to its `log`, and `vars`.
+    async fn add_logged_fixture(&self, id: &str, vars: &[(&str, &str)]) -> Added {
+        let log = log_in(&self.work.path().join(id));
+        self.add_fixture(id, &[], &[&[logging_to(&log)], vars].concat())
+            .await
+    }
+
+    /// [`Env::add`]s server-everything over stdio as `id`, in a new directory `id`; returns it.
+    async fn add_everything(&self, id: &str) -> PathBuf {
+        let cwd = self.dir(id);
+        self.add(id, everything_stdio(&cwd)).await;
+        cwd
     }
 
     async fn connect_with(&self, id: &str, body: Value) -> (StatusCode, Value) {
@@ -223,6 +297,21 @@ impl Env {
         assert_eq!(status, StatusCode::OK, "{server}");
         assert_eq!(server["state"], "disconnected", "{server}");
         server
+    }
+
+    /// Once the process of failed server `id` in `cwd` has ended: `id` connects again, echoes
+    /// `message`, and is disconnected until its new process has ended too.
+    async fn connects_again(&self, id: &str, cwd: &Path, message: &str) {
+        until_no_process_in(cwd).await;
+        self.connect(id).await;
+        assert_eq!(self.echo(id, message).await, message);
+        self.disconnect_until_gone(id, cwd).await;
+    }
+
+    /// Disconnects `id` and waits until its process, in `cwd`, has ended.
+    async fn disconnect_until_gone(&self, id: &str, cwd: &Path) {
+        self.disconnect(id).await;
+        until_no_process_in(cwd).await;
     }
 
     async fn capabilities(&self, id: &str) -> Value {
@@ -252,6 +341,12 @@ impl Env {
             .to_string()
     }
 
+    /// The text `server`'s `echo` tool answers `message` with.
+    async fn echo(&self, server: &str, message: &str) -> String {
+        self.text(server, "echo", json!({ "message": message }))
+            .await
+    }
+
     /// `POST /api/v1/mcp/call` with `body` in a task of its own (abort it to close the request).
     fn spawn_call(&self, body: Value) -> tokio::task::JoinHandle<(StatusCode, Value)> {
         let request = self
@@ -261,6 +356,18 @@ impl Env {
             .header(capbridge_tests::TOKEN_HEADER, &self.token)
             .json(&body);
         tokio::spawn(async move { status_and_json(request.send().await.unwrap()).await })
+    }
+
+    /// [`Env::spawn_call`], once the server has written `called <tool>` to its `log`.
+    async fn spawn_call_until_called(
+        &self,
+        body: Value,
+        log: &Path,
+    ) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+        let called = format!("called {}", body["tool"].as_str().unwrap());
+        let call = self.spawn_call(body);
+        until_logged(log, &called).await;
+        call
     }
 
     /// The event socket of this session, subscribed.
@@ -342,6 +449,26 @@ fn http(url: &str) -> Value {
     json!({ "type": "http", "url": url, "headers": {} })
 }
 
+/// Where mcp-fixture running in `cwd` is told to log (by [`logging_to`]).
+fn log_in(cwd: &Path) -> PathBuf {
+    cwd.join("fixture.log")
+}
+
+/// The environment variable that has mcp-fixture log to `log`.
+fn logging_to(log: &Path) -> (&'static str, &str) {
+    ("MCP_FIXTURE_LOG", log.to_str().unwrap())
+}
+
+/// Asserts that `response` is the error `status` with `code`, its message naming `part`.
+fn assert_error_naming(response: &(StatusCode, Value), status: StatusCode, code: &str, part: &str) {
+    assert_error(response, status, code);
+    let body = &response.1;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(part),
+        "`{part}` is not named: {body}"
+    );
+}
+
 /// The text of a server's log file (empty until it writes one).
 fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
@@ -365,12 +492,7 @@ struct Process {
 
 impl Process {
     fn environ(&self) -> Vec<String> {
-        std::fs::read(format!("/proc/{}/environ", self.pid))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|v| !v.is_empty())
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .collect()
+        nul_separated(format!("/proc/{}/environ", self.pid))
     }
 
     /// Whether it is the server itself, not the `unshare` that contains it.
@@ -380,6 +502,16 @@ impl Process {
             .first()
             .is_some_and(|program| program.ends_with("unshare"))
     }
+}
+
+/// The non-empty NUL-separated strings of a `/proc` file (none when it cannot be read).
+fn nul_separated(path: impl AsRef<Path>) -> Vec<String> {
+    std::fs::read(path)
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
 }
 
 /// Every live (not zombie) process whose working directory is `dir`.
@@ -403,12 +535,7 @@ fn processes_in(dir: &Path) -> Vec<Process> {
         if zombie {
             continue;
         }
-        let argv = std::fs::read(entry.path().join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+        let argv = nul_separated(entry.path().join("cmdline"));
         found.push(Process { pid, argv });
     }
     found
@@ -535,8 +662,7 @@ async fn new_user_path(env: &Env, id: &str, transport: Value, cwd: Option<&Path>
     let mut others = socket_of(&env.bridge, &other_token).await;
 
     // Registering asks the person and answers at once; nothing is persisted yet.
-    let (status, server) = env.register(id, transport.clone()).await;
-    assert_eq!(status, StatusCode::OK, "{server}");
+    let server = env.register_ok(id, transport.clone()).await;
     assert_eq!(server["state"], "pending_approval", "{server}");
     assert_eq!(server["transport"], transport, "{server}");
     let request = server["requestId"]
@@ -602,6 +728,41 @@ async fn new_user_path(env: &Env, id: &str, transport: Value, cwd: Option<&Path>
         seen.last().unwrap()["payload"]["protocolVersion"],
         "2025-11-25"
     );
+    // Over stdio, server-everything says its tools changed right after the handshake (they
+    // depend on the client's capabilities): `mcp.tools.changed` (over HTTP it says so on the
+    // standalone GET stream, which the bridge does not open).
+    if cwd.is_some() && !seen.iter().any(|e| is(e, "mcp.tools.changed", id)) {
+        events_until(&mut events, |e| is(e, "mcp.tools.changed", id)).await;
+    }
+    if cwd.is_some() {
+        // Its standard error is kept, and read through the component's `server-log` export
+        // (the server's first line of it may still be on its way to the bridge).
+        let started = "Starting default (STDIO) server";
+        let mut log = Value::Null;
+        for _ in 0..100 {
+            let (status, answer) = env
+                .post(
+                    "/api/v1/commands/mcp-proxy.server-log/invoke",
+                    json!({ "args": { "id": id } }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            log = answer;
+            if log["result"]["ok"]
+                .as_str()
+                .is_some_and(|t| t.contains(started))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            log["result"]["ok"]
+                .as_str()
+                .is_some_and(|t| t.contains(started)),
+            "{log}"
+        );
+    }
     if let Some(cwd) = cwd {
         let node = server_process_in(cwd).await;
         assert!(
@@ -634,10 +795,7 @@ async fn new_user_path(env: &Env, id: &str, transport: Value, cwd: Option<&Path>
     );
 
     // Calls.
-    assert_eq!(
-        env.text(id, "echo", json!({ "message": "hello" })).await,
-        "Echo: hello"
-    );
+    assert_eq!(env.echo(id, "hello").await, "Echo: hello");
     assert_eq!(
         env.text(id, "get-sum", json!({ "a": 2, "b": 40 })).await,
         "The sum of 2 and 40 is 42."
@@ -709,17 +867,13 @@ async fn a_new_user_does_the_same_with_server_everything_over_streamable_http() 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_2026_07_28_revision_is_detected_per_server() {
     let env = Env::start().await;
-    let only_2026_stdio = env.dir("new-stdio");
-    env.add(
-        "new-stdio",
-        fixture_stdio(&only_2026_stdio, &["stdio", "--only-2026"], &[]),
-    )
-    .await;
+    let only_2026_stdio = env
+        .add_fixture("new-stdio", &["--only-2026"], &[])
+        .await
+        .cwd;
     let spawned = fixture_http(&env.dir("new-http-process"), &["--only-2026"], &[]).await;
     env.add("new-http", http(&spawned.url)).await;
-    let plain = env.dir("plain");
-    env.add("plain", fixture_stdio(&plain, &["stdio"], &[]))
-        .await;
+    let plain = env.add_fixture("plain", &[], &[]).await.cwd;
     let legacy = fixture_http(&env.dir("plain-http-process"), &[], &[]).await;
     env.add("plain-http", http(&legacy.url)).await;
 
@@ -728,7 +882,7 @@ async fn the_2026_07_28_revision_is_detected_per_server() {
         let server = env.connect(id).await;
         assert_eq!(server["protocolVersion"], "2026-07-28", "{server}");
         assert_eq!(env.capabilities(id).await["protocolVersion"], "2026-07-28");
-        assert_eq!(env.text(id, "echo", json!({ "message": id })).await, id);
+        assert_eq!(env.echo(id, id).await, id);
     }
     // A server that knows both is asked the new one first (`server/discover`), and speaks it.
     for id in ["plain", "plain-http"] {
@@ -741,8 +895,7 @@ async fn the_2026_07_28_revision_is_detected_per_server() {
         );
     }
     // Per server: server-everything, next to them, gets the 2025-11-25 lifecycle.
-    let everything = env.dir("everything");
-    env.add("everything", everything_stdio(&everything)).await;
+    let everything = env.add_everything("everything").await;
     let server = env.connect("everything").await;
     assert_eq!(server["protocolVersion"], "2025-11-25", "{server}");
     for id in ["new-stdio", "new-http", "plain", "plain-http"] {
@@ -762,12 +915,10 @@ async fn the_2026_07_28_revision_is_detected_per_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_page_of_a_paginated_listing_is_followed() {
     let env = Env::start().await;
-    let cwd = env.dir("paged");
-    env.add(
-        "paged",
-        fixture_stdio(&cwd, &["stdio"], &[("MCP_FIXTURE_PAGE_SIZE", "2")]),
-    )
-    .await;
+    let cwd = env
+        .add_fixture("paged", &[], &[("MCP_FIXTURE_PAGE_SIZE", "2")])
+        .await
+        .cwd;
     env.connect("paged").await;
     let capabilities = env.capabilities("paged").await;
     let tools = capabilities["tools"].as_array().unwrap();
@@ -784,8 +935,7 @@ async fn every_page_of_a_paginated_listing_is_followed() {
         capabilities["serverInfo"]["name"], "capbridge-mcp-fixture",
         "{capabilities}"
     );
-    env.disconnect("paged").await;
-    until_no_process_in(&cwd).await;
+    env.disconnect_until_gone("paged", &cwd).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -835,31 +985,22 @@ async fn server_filesystem_lists_and_reads_the_directory_it_was_given() {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["result"]["isError"], true, "{answer}");
-    env.disconnect("files").await;
-    until_no_process_in(&cwd).await;
+    env.disconnect_until_gone("files", &cwd).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_a_call_or_its_timeout_tells_the_server_to_cancel() {
     let env = Env::start().await;
-    let cwd = env.dir("canceller");
-    let log = cwd.join("fixture.log");
-    env.add(
-        "canceller",
-        fixture_stdio(
-            &cwd,
-            &["stdio"],
-            &[("MCP_FIXTURE_LOG", log.to_str().unwrap())],
-        ),
-    )
-    .await;
+    let Added { cwd, log, .. } = env.add_logged_fixture("canceller", &[]).await;
     env.connect("canceller").await;
 
     // The caller goes away midway: the server hears `notifications/cancelled`.
-    let call = env.spawn_call(json!({
-        "serverId": "canceller", "tool": "slow", "arguments": { "ms": 10000 },
-    }));
-    until_logged(&log, "called slow").await;
+    let call = env
+        .spawn_call_until_called(
+            json!({ "serverId": "canceller", "tool": "slow", "arguments": { "ms": 10000 } }),
+            &log,
+        )
+        .await;
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
     let logged = until_logged(&log, "cancelled ").await;
@@ -873,19 +1014,17 @@ async fn closing_a_call_or_its_timeout_tells_the_server_to_cancel() {
     );
 
     // A call past its own timeout: 503 naming the timeout, and the server is told too.
-    let (status, answer) = env
+    let answer = env
         .call(json!({ "serverId": "canceller", "tool": "hang", "timeoutMs": 500 }))
         .await;
-    assert_error(
-        &(status, answer.clone()),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-    );
-    let message = answer["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("timed out after 500 ms") && message.contains("`hang`"),
-        "{answer}"
-    );
+    for part in ["timed out after 500 ms", "`hang`"] {
+        assert_error_naming(
+            &answer,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            part,
+        );
+    }
     until(
         "a second `cancelled` line, for the call that timed out",
         || async {
@@ -897,49 +1036,36 @@ async fn closing_a_call_or_its_timeout_tells_the_server_to_cancel() {
     assert!(log_of(&log).contains("called hang"));
 
     // The connection is fine.
-    assert_eq!(
-        env.text("canceller", "echo", json!({ "message": "still here" }))
-            .await,
-        "still here"
-    );
+    assert_eq!(env.echo("canceller", "still here").await, "still here");
     assert_eq!(env.server("canceller").await.unwrap()["state"], "connected");
-    env.disconnect("canceller").await;
-    until_no_process_in(&cwd).await;
+    env.disconnect_until_gone("canceller", &cwd).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_a_call_over_stateless_http_closes_its_stream_and_the_server_hears_it() {
     let env = Env::start().await;
     let dir = env.dir("stateless");
-    let log = dir.join("fixture.log");
-    let spawned = fixture_http(
-        &dir,
-        &["--only-2026"],
-        &[("MCP_FIXTURE_LOG", log.to_str().unwrap())],
-    )
-    .await;
+    let log = log_in(&dir);
+    let spawned = fixture_http(&dir, &["--only-2026"], &[logging_to(&log)]).await;
     env.add("stateless", http(&spawned.url)).await;
     let server = env.connect("stateless").await;
     assert_eq!(server["protocolVersion"], "2026-07-28");
-    let call = env.spawn_call(json!({
-        "serverId": "stateless", "tool": "slow", "arguments": { "ms": 10000 },
-    }));
-    until_logged(&log, "called slow").await;
+    let call = env
+        .spawn_call_until_called(
+            json!({ "serverId": "stateless", "tool": "slow", "arguments": { "ms": 10000 } }),
+            &log,
+        )
+        .await;
     call.abort();
     until_logged(&log, "cancelled ").await;
-    assert_eq!(
-        env.text("stateless", "echo", json!({ "message": "after" }))
-            .await,
-        "after"
-    );
+    assert_eq!(env.echo("stateless", "after").await, "after");
     env.disconnect("stateless").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_a_long_operation_of_server_everything_leaves_the_connection_usable() {
     let env = Env::start().await;
-    let cwd = env.dir("everything");
-    env.add("everything", everything_stdio(&cwd)).await;
+    let cwd = env.add_everything("everything").await;
     env.connect("everything").await;
     let mut events = env.socket().await;
     let call = env.spawn_call(json!({
@@ -955,8 +1081,7 @@ async fn dropping_a_long_operation_of_server_everything_leaves_the_connection_us
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
     assert_eq!(
-        env.text("everything", "echo", json!({ "message": "after the drop" }))
-            .await,
+        env.echo("everything", "after the drop").await,
         "Echo: after the drop"
     );
     assert_eq!(
@@ -964,50 +1089,37 @@ async fn dropping_a_long_operation_of_server_everything_leaves_the_connection_us
             .await,
         "The sum of 1 and 1 is 2."
     );
-    env.disconnect("everything").await;
-    until_no_process_in(&cwd).await;
+    env.disconnect_until_gone("everything", &cwd).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_killed_mid_call_fails_the_call_at_once_and_connects_again() {
     let env = Env::start().await;
-    let cwd = env.dir("victim");
-    let log = cwd.join("fixture.log");
-    env.add(
-        "victim",
-        fixture_stdio(
-            &cwd,
-            &["stdio"],
-            &[("MCP_FIXTURE_LOG", log.to_str().unwrap())],
-        ),
-    )
-    .await;
+    let Added { cwd, log, .. } = env.add_logged_fixture("victim", &[]).await;
     env.connect("victim").await;
     let mut events = env.socket().await;
 
-    let call = env.spawn_call(json!({
-        "serverId": "victim", "tool": "slow", "arguments": { "ms": 300000 }, "timeoutMs": 600000,
-    }));
-    until_logged(&log, "called slow").await;
+    let call = env
+        .spawn_call_until_called(
+            json!({
+                "serverId": "victim", "tool": "slow", "arguments": { "ms": 300000 }, "timeoutMs": 600000,
+            }),
+            &log,
+        )
+        .await;
     let server = server_process_in(&cwd).await;
     assert_eq!(server.argv.first().map(String::as_str), Some(FIXTURE));
     kill9(server.pid);
     // Answered when the server went, not at the call's timeout (600 s).
-    let (status, answer) = tokio::time::timeout(PATIENCE, call)
+    let answer = tokio::time::timeout(PATIENCE, call)
         .await
         .expect("the call fails when its server dies")
         .unwrap();
-    assert_error(
-        &(status, answer.clone()),
+    assert_error_naming(
+        &answer,
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
-    );
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`victim`"),
-        "{answer}"
+        "`victim`",
     );
     let failed = env.until_state("victim", "failed").await;
     assert!(
@@ -1023,52 +1135,34 @@ async fn a_server_killed_mid_call_fails_the_call_at_once_and_connects_again() {
         "{event:?}"
     );
     // Calls fail at once while it is failed, naming why.
-    let (status, answer) = env
-        .call(json!({ "serverId": "victim", "tool": "echo", "arguments": { "message": "x" } }))
-        .await;
     assert_error(
-        &(status, answer),
+        &env.call(json!({ "serverId": "victim", "tool": "echo", "arguments": { "message": "x" } }))
+            .await,
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
     );
 
     // Connecting again works.
-    until_no_process_in(&cwd).await;
-    env.connect("victim").await;
-    assert_eq!(
-        env.text("victim", "echo", json!({ "message": "back" }))
-            .await,
-        "back"
-    );
-    env.disconnect("victim").await;
-    until_no_process_in(&cwd).await;
+    env.connects_again("victim", &cwd, "back").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_exits_mid_call_fails_the_call_and_connects_again() {
     let env = Env::start().await;
-    let cwd = env.dir("mortal");
-    env.add("mortal", fixture_stdio(&cwd, &["stdio"], &[]))
-        .await;
+    let cwd = env.add_fixture("mortal", &[], &[]).await.cwd;
     env.connect("mortal").await;
     let mut events = env.socket().await;
-    let (status, answer) = tokio::time::timeout(
+    let answer = tokio::time::timeout(
         PATIENCE,
         env.call(json!({ "serverId": "mortal", "tool": "die", "timeoutMs": 600000 })),
     )
     .await
     .expect("the call fails when its server exits");
-    assert_error(
-        &(status, answer.clone()),
+    assert_error_naming(
+        &answer,
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
-    );
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`mortal`"),
-        "{answer}"
+        "`mortal`",
     );
     let failed = env.until_state("mortal", "failed").await;
     assert!(
@@ -1079,22 +1173,13 @@ async fn a_server_that_exits_mid_call_fails_the_call_and_connects_again() {
         "{failed}"
     );
     events_until(&mut events, |e| is(e, "mcp.server.failed", "mortal")).await;
-    until_no_process_in(&cwd).await;
-    env.connect("mortal").await;
-    assert_eq!(
-        env.text("mortal", "echo", json!({ "message": "again" }))
-            .await,
-        "again"
-    );
-    env.disconnect("mortal").await;
-    until_no_process_in(&cwd).await;
+    env.connects_again("mortal", &cwd, "again").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversized_answer_is_refused_and_the_connection_goes_on() {
     let env = Env::start().await;
-    let cwd = env.dir("big");
-    env.add("big", fixture_stdio(&cwd, &["stdio"], &[])).await;
+    let cwd = env.add_fixture("big", &[], &[]).await.cwd;
     env.connect("big").await;
     let (status, answer) = env
         .call(json!({ "serverId": "big", "tool": "huge", "arguments": { "bytes": 5_000_000 } }))
@@ -1113,28 +1198,16 @@ async fn an_oversized_answer_is_refused_and_the_connection_goes_on() {
             .len(),
         1_000_000
     );
-    assert_eq!(
-        env.text("big", "echo", json!({ "message": "fine" })).await,
-        "fine"
-    );
+    assert_eq!(env.echo("big", "fine").await, "fine");
     assert_eq!(env.server("big").await.unwrap()["state"], "connected");
-    env.disconnect("big").await;
-    until_no_process_in(&cwd).await;
+    env.disconnect_until_gone("big", &cwd).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_server_is_404_everywhere() {
     let env = Env::start().await;
     let not_found = |response: (StatusCode, Value)| {
-        assert_error(&response, StatusCode::NOT_FOUND, "not_found");
-        assert!(
-            response.1["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("`ghost`"),
-            "{}",
-            response.1
-        );
+        assert_error_naming(&response, StatusCode::NOT_FOUND, "not_found", "`ghost`");
     };
     not_found(env.connect_with("ghost", json!({})).await);
     not_found(
@@ -1162,8 +1235,8 @@ async fn a_program_outside_the_policy_is_refused_before_any_prompt() {
     .await;
     let cwd = env.dir("shell");
     let marker = cwd.join("ran");
-    let (status, body) = env
-        .register(
+    assert_error_naming(
+        &env.register(
             "shell",
             json!({
                 "type": "stdio",
@@ -1172,26 +1245,18 @@ async fn a_program_outside_the_policy_is_refused_before_any_prompt() {
                 "cwd": cwd,
             }),
         )
-        .await;
-    assert_error(&(status, body.clone()), StatusCode::FORBIDDEN, "denied");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("grants.mcp.programs"),
-        "{body}"
+        .await,
+        StatusCode::FORBIDDEN,
+        "denied",
+        "grants.mcp.programs",
     );
     assert!(env.approvals().pending().is_empty(), "nobody was asked");
     assert!(env.list().await.is_empty());
     assert!(!env.registry_path().exists());
     // And the program the policy names is still asked about (the refusal was the program's).
-    let (status, node) = env.register("node-ok", everything_stdio(&cwd)).await;
-    assert_eq!(status, StatusCode::OK, "{node}");
+    let node = env.register_ok("node-ok", everything_stdio(&cwd)).await;
     env.decide(&node, Decision::Reject);
-    until("the rejected registration forgotten", || async {
-        env.server("node-ok").await.is_none().then_some(())
-    })
-    .await;
+    env.until_forgotten("node-ok").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!marker.exists());
     assert!(processes_in(&cwd).is_empty(), "{:?}", processes_in(&cwd));
@@ -1202,20 +1267,16 @@ async fn a_registration_the_person_rejects_is_forgotten() {
     let env = Env::start().await;
     let mut events = env.socket().await;
     let cwd = env.dir("unwanted");
-    let (status, server) = env
-        .register("unwanted", fixture_stdio(&cwd, &["stdio"], &[]))
+    let server = env
+        .register_ok("unwanted", fixture_stdio(&cwd, &["stdio"], &[]))
         .await;
-    assert_eq!(status, StatusCode::OK, "{server}");
     env.decide(&server, Decision::Reject);
     let decided = events_until(&mut events, |e| {
         is(e, "system.permission.decided", "unwanted")
     })
     .await;
     assert_eq!(decided.last().unwrap()["payload"]["decision"], "reject");
-    until("the rejected server forgotten", || async {
-        env.server("unwanted").await.is_none().then_some(())
-    })
-    .await;
+    env.until_forgotten("unwanted").await;
     assert!(env.persisted("unwanted").is_none());
     assert!(env.approvals().pending().is_empty());
     assert_error(
@@ -1225,25 +1286,20 @@ async fn a_registration_the_person_rejects_is_forgotten() {
     );
     assert!(processes_in(&cwd).is_empty());
     // The id is free again.
-    let (status, again) = env
-        .register("unwanted", fixture_stdio(&cwd, &["stdio"], &[]))
+    env.register_ok("unwanted", fixture_stdio(&cwd, &["stdio"], &[]))
         .await;
-    assert_eq!(status, StatusCode::OK, "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_concurrent_calls_each_get_their_own_answer() {
     let env = Env::start().await;
-    let cwd = env.dir("busy");
-    env.add("busy", fixture_stdio(&cwd, &["stdio"], &[])).await;
+    let cwd = env.add_fixture("busy", &[], &[]).await.cwd;
     env.connect("busy").await;
     let calls = (0..20).map(|i| {
         let env = &env;
         async move {
             let message = format!("message number {i}");
-            let text = env
-                .text("busy", "echo", json!({ "message": message }))
-                .await;
+            let text = env.echo("busy", &message).await;
             (message, text)
         }
     });
@@ -1253,25 +1309,25 @@ async fn twenty_concurrent_calls_each_get_their_own_answer() {
     for (message, text) in answers {
         assert_eq!(text, message);
     }
-    env.disconnect("busy").await;
-    until_no_process_in(&cwd).await;
+    env.disconnect_until_gone("busy", &cwd).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secret_values_fill_their_templates_and_go_only_to_the_server() {
     let env = Env::start().await;
-    let cwd = env.dir("secretive");
-    let log = cwd.join("fixture.log");
-    let transport = fixture_stdio(
-        &cwd,
-        &["stdio"],
-        &[
-            ("MCP_FIXTURE_LOG", log.to_str().unwrap()),
-            ("SECRET_TOKEN", "__OSL_SECRET[tok]__"),
-            ("API_KEY_LINE", "key=__OSL_SECRET[key]__"),
-        ],
-    );
-    env.add("secretive", transport.clone()).await;
+    let Added {
+        cwd,
+        log,
+        transport,
+    } = env
+        .add_logged_fixture(
+            "secretive",
+            &[
+                ("SECRET_TOKEN", "__OSL_SECRET[tok]__"),
+                ("API_KEY_LINE", "key=__OSL_SECRET[key]__"),
+            ],
+        )
+        .await;
     let bad_request = |response: (StatusCode, Value)| {
         assert_error(&response, StatusCode::BAD_REQUEST, "invalid_argument");
         assert!(!response.1.to_string().contains("s3cr3t"), "{}", response.1);
@@ -1361,11 +1417,7 @@ async fn secret_values_fill_their_templates_and_go_only_to_the_server() {
     .into();
     assert!(names.is_subset(&allowed), "{names:?}");
     assert!(!log_of(&log).contains(&env.token));
-    assert_eq!(
-        env.text("secretive", "echo", json!({ "message": "ok" }))
-            .await,
-        "ok"
-    );
+    assert_eq!(env.echo("secretive", "ok").await, "ok");
 
     // Neither the registry nor the list holds a value; the templates are kept.
     let registry = env.registry_text();
@@ -1375,17 +1427,14 @@ async fn secret_values_fill_their_templates_and_go_only_to_the_server() {
     let list = json!(env.list().await);
     assert!(!list.to_string().contains("s3cr3t"), "{list}");
     assert_eq!(list[0]["transport"], transport);
-    env.disconnect("secretive").await;
-    until_no_process_in(&cwd).await;
+    env.disconnect_until_gone("secretive", &cwd).await;
     assert!(!env.registry_text().contains("s3cr3t"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_registry_survives_a_restart_and_a_malformed_one_is_moved_aside() {
     let env = Env::start().await;
-    let cwd = env.dir("kept");
-    let transport = fixture_stdio(&cwd, &["stdio"], &[]);
-    env.add("kept", transport.clone()).await;
+    let Added { cwd, transport, .. } = env.add_fixture("kept", &[], &[]).await;
     env.connect("kept").await;
     let Env {
         fixture,
@@ -1409,22 +1458,12 @@ async fn the_registry_survives_a_restart_and_a_malformed_one_is_moved_aside() {
     assert_eq!(servers[0]["transport"], transport);
     assert!(env.approvals().pending().is_empty(), "not asked again");
     env.connect("kept").await;
-    assert_eq!(
-        env.text("kept", "echo", json!({ "message": "after restart" }))
-            .await,
-        "after restart"
-    );
-    env.disconnect("kept").await;
-    until_no_process_in(&cwd).await;
+    assert_eq!(env.echo("kept", "after restart").await, "after restart");
+    env.disconnect_until_gone("kept", &cwd).await;
 
     // A registry that cannot be read is moved aside, never taken for approvals.
     let work = tempfile::tempdir().unwrap();
-    let fixture = Fixture::new();
-    fixture.add(
-        "mcp-proxy",
-        &component("mcp-proxy"),
-        Some(&mcp_policy(work.path(), |_| {})),
-    );
+    let fixture = proxy_fixture(work.path(), |_| {});
     let state = fixture.config().state_dir;
     std::fs::create_dir_all(&state).unwrap();
     let garbage = "{ \"version\": 1, \"servers\": [ not json";
@@ -1437,8 +1476,7 @@ async fn the_registry_survives_a_restart_and_a_malformed_one_is_moved_aside() {
     );
     assert!(!state.join(REGISTRY).exists());
     // And a new registration is persisted in a fresh file.
-    let cwd = env.dir("fresh");
-    env.add("fresh", fixture_stdio(&cwd, &["stdio"], &[])).await;
+    env.add_fixture("fresh", &[], &[]).await;
     assert!(env.persisted("fresh").is_some());
 }
 
@@ -1447,14 +1485,17 @@ async fn malformed_registrations_name_their_field_and_changes_wait_for_approval(
     let env = Env::start().await;
     let cwd = env.dir("valid");
     let invalid = |response: (StatusCode, Value), field: &str| {
-        assert_error(&response, StatusCode::BAD_REQUEST, "invalid_argument");
-        let message = response.1["error"]["message"].as_str().unwrap();
-        assert!(message.contains(field), "{field}: {message}");
+        assert_error_naming(
+            &response,
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            field,
+        );
     };
     invalid(
         env.register("Bad Id", fixture_stdio(&cwd, &["stdio"], &[]))
             .await,
-        "id:",
+        "`id`",
     );
     invalid(
         env.register(
@@ -1476,24 +1517,19 @@ async fn malformed_registrations_name_their_field_and_changes_wait_for_approval(
         env.register("ftp", http("ftp://127.0.0.1/mcp")).await,
         "transport.url",
     );
-    let (status, body) = env
-        .register("elsewhere", http("http://example.com/mcp"))
-        .await;
-    assert_error(&(status, body.clone()), StatusCode::FORBIDDEN, "denied");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("grants.mcp.urls"),
-        "{body}"
+    assert_error_naming(
+        &env.register("elsewhere", http("http://example.com/mcp"))
+            .await,
+        StatusCode::FORBIDDEN,
+        "denied",
+        "grants.mcp.urls",
     );
     assert!(env.approvals().pending().is_empty(), "nobody was asked");
     assert!(env.list().await.is_empty());
 
     // A valid one; its id is then taken, approved or not.
     let original = fixture_stdio(&cwd, &["stdio"], &[]);
-    let (status, server) = env.register("valid", original.clone()).await;
-    assert_eq!(status, StatusCode::OK, "{server}");
+    let server = env.register_ok("valid", original.clone()).await;
     assert_error(
         &env.register("valid", original.clone()).await,
         StatusCode::CONFLICT,
@@ -1508,13 +1544,9 @@ async fn malformed_registrations_name_their_field_and_changes_wait_for_approval(
     );
 
     // A new name applies at once, with no prompt.
-    let (status, renamed) = env
-        .patch(
-            "/api/v1/mcp/servers/valid",
-            json!({ "name": "The valid one" }),
-        )
+    let renamed = env
+        .change("valid", json!({ "name": "The valid one" }))
         .await;
-    assert_eq!(status, StatusCode::OK, "{renamed}");
     assert_eq!(renamed["name"], "The valid one");
     assert!(renamed["requestId"].is_null(), "{renamed}");
     assert!(env.approvals().pending().is_empty());
@@ -1523,10 +1555,7 @@ async fn malformed_registrations_name_their_field_and_changes_wait_for_approval(
     // A new transport waits for the person; the approved one stays until then.
     env.connect("valid").await;
     let changed = fixture_stdio(&cwd, &["stdio", "--only-2026"], &[]);
-    let (status, pending) = env
-        .patch("/api/v1/mcp/servers/valid", json!({ "transport": changed }))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{pending}");
+    let pending = env.change("valid", json!({ "transport": changed })).await;
     assert_eq!(pending["transport"], original, "{pending}");
     assert_eq!(pending["pendingChange"], changed, "{pending}");
     assert!(pending["requestId"].is_string(), "{pending}");
@@ -1536,18 +1565,9 @@ async fn malformed_registrations_name_their_field_and_changes_wait_for_approval(
         env.persisted("valid").unwrap()["transport"]["args"],
         json!(["stdio"])
     );
-    assert_eq!(
-        env.text("valid", "echo", json!({ "message": "old transport" }))
-            .await,
-        "old transport"
-    );
+    assert_eq!(env.echo("valid", "old transport").await, "old transport");
     env.decide(&pending, Decision::AllowOnce);
-    let approved = until("the change applied", || async {
-        env.server("valid")
-            .await
-            .filter(|s| s["pendingChange"].is_null())
-    })
-    .await;
+    let approved = env.until_no_pending_change("valid").await;
     assert_eq!(approved["transport"], changed, "{approved}");
     assert_eq!(approved["name"], "The valid one", "{approved}");
     assert_eq!(
@@ -1555,20 +1575,9 @@ async fn malformed_registrations_name_their_field_and_changes_wait_for_approval(
         json!(["stdio", "--only-2026"])
     );
     // A change the person rejects leaves the approved transport, and says so.
-    let (status, pending) = env
-        .patch(
-            "/api/v1/mcp/servers/valid",
-            json!({ "transport": original }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{pending}");
+    let pending = env.change("valid", json!({ "transport": original })).await;
     env.decide(&pending, Decision::Reject);
-    let kept = until("the change rejected", || async {
-        env.server("valid")
-            .await
-            .filter(|s| s["pendingChange"].is_null())
-    })
-    .await;
+    let kept = env.until_no_pending_change("valid").await;
     assert_eq!(kept["transport"], changed, "{kept}");
     assert!(
         kept["message"]
@@ -1588,41 +1597,21 @@ async fn malformed_registrations_name_their_field_and_changes_wait_for_approval(
 #[tokio::test(flavor = "multi_thread")]
 async fn two_servers_with_the_same_tool_names_each_get_their_own_calls() {
     let env = Env::start().await;
-    let (a, b) = (env.dir("a"), env.dir("b"));
-    let (log_a, log_b) = (a.join("fixture.log"), b.join("fixture.log"));
-    env.add(
-        "a",
-        fixture_stdio(
-            &a,
-            &["stdio"],
-            &[("MCP_FIXTURE_LOG", log_a.to_str().unwrap())],
-        ),
-    )
-    .await;
-    env.add(
-        "b",
-        fixture_stdio(
-            &b,
-            &["stdio"],
-            &[("MCP_FIXTURE_LOG", log_b.to_str().unwrap())],
-        ),
-    )
-    .await;
+    let Added {
+        cwd: a, log: log_a, ..
+    } = env.add_logged_fixture("a", &[]).await;
+    let Added {
+        cwd: b, log: log_b, ..
+    } = env.add_logged_fixture("b", &[]).await;
     env.connect("a").await;
     env.connect("b").await;
     assert_eq!(
         tool_names(&env.capabilities("a").await),
         tool_names(&env.capabilities("b").await)
     );
-    assert_eq!(
-        env.text("a", "echo", json!({ "message": "to a" })).await,
-        "to a"
-    );
+    assert_eq!(env.echo("a", "to a").await, "to a");
     assert_eq!(env.text("a", "add", json!({ "a": 1, "b": 1 })).await, "2");
-    assert_eq!(
-        env.text("b", "echo", json!({ "message": "to b" })).await,
-        "to b"
-    );
+    assert_eq!(env.echo("b", "to b").await, "to b");
     let calls = |path: &Path| -> Vec<String> {
         log_of(path)
             .lines()
@@ -1635,49 +1624,27 @@ async fn two_servers_with_the_same_tool_names_each_get_their_own_calls() {
 
     // An unknown tool (the server's -32602), arguments that are not an object, a timeout past
     // the cap: 400, naming what is wrong.
-    let (status, body) = env.call(json!({ "serverId": "b", "tool": "nope" })).await;
-    assert_error(
-        &(status, body.clone()),
+    assert_error_naming(
+        &env.call(json!({ "serverId": "b", "tool": "nope" })).await,
         StatusCode::BAD_REQUEST,
         "invalid_argument",
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`nope`"),
-        "{body}"
+        "`nope`",
     );
     assert_eq!(calls(&log_b), ["called echo", "called nope"]);
-    let (status, body) = env
-        .call(json!({ "serverId": "b", "tool": "echo", "arguments": [1] }))
-        .await;
-    assert_error(
-        &(status, body.clone()),
+    assert_error_naming(
+        &env.call(json!({ "serverId": "b", "tool": "echo", "arguments": [1] }))
+            .await,
         StatusCode::BAD_REQUEST,
         "invalid_argument",
+        "arguments",
     );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("arguments"),
-        "{body}"
-    );
-    let (status, body) = env
-        .call(json!({ "serverId": "b", "tool": "echo", "arguments": { "message": "x" }, "timeoutMs": 600_001 }))
-        .await;
-    assert_error(
-        &(status, body.clone()),
+    assert_error_naming(
+        &env
+            .call(json!({ "serverId": "b", "tool": "echo", "arguments": { "message": "x" }, "timeoutMs": 600_001 }))
+            .await,
         StatusCode::BAD_REQUEST,
         "invalid_argument",
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("600000"),
-        "{body}"
+        "600000",
     );
     assert_eq!(
         calls(&log_a),

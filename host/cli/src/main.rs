@@ -62,8 +62,8 @@ enum Command {
     /// Check and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Answer the prompts of a running `capbridge serve` (commands waiting for your approval),
-    /// from any terminal of the same user.
+    /// Answer the prompts of a running `capbridge serve` (commands and MCP server registrations
+    /// waiting for your approval), from any terminal of the same user.
     Prompts {
         /// The port of the bridge [default: the config's port]
         #[arg(long)]
@@ -342,8 +342,8 @@ fn serve(
             }
         );
         println!(
-            "  commands wait for your approval: here (when this is a terminal), or `capbridge \
-             prompts --port {}` (socket {})",
+            "  commands and MCP servers wait for your approval: here (when this is a terminal), \
+             or `capbridge prompts --port {}` (socket {})",
             server.addr().port(),
             socket.display()
         );

@@ -264,6 +264,16 @@ pub(crate) fn denial(component: &str, what: &str, grant: &str, policy: &std::pat
     )
 }
 
+/// The JSON Schema of a grant's file form `T`, with the grant's one-line `description`.
+pub(crate) fn described_schema<T: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+    description: &str,
+) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<T>();
+    schema.insert("description".into(), description.into());
+    schema
+}
+
 /// Reads a grant written `key = true`: `grant` when true, nothing when false.
 pub(crate) fn read_flag(
     value: toml::Value,

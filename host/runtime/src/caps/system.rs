@@ -76,13 +76,10 @@ impl GrantKind for System {
     }
 
     fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        let mut schema = generator.subschema_for::<SystemGrantFile>();
-        schema.insert(
-            "description".into(),
-            "Facts about this machine and versions of named programs (`capbridge:host/system`)."
-                .into(),
-        );
-        schema
+        super::described_schema::<SystemGrantFile>(
+            generator,
+            "Facts about this machine and versions of named programs (`capbridge:host/system`).",
+        )
     }
 
     fn parse(

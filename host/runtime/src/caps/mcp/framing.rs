@@ -39,15 +39,9 @@ impl Lines {
     }
 
     /// Feeds `bytes`; returns the messages they complete.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<Framed> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Framed> {
         let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let end = bytes.iter().position(|&b| b == b'\n');
-            let (part, rest) = match end {
-                Some(i) => (&bytes[..i], &bytes[i + 1..]),
-                None => (bytes, &[][..]),
-            };
-            bytes = rest;
+        for (part, ended) in pieces(bytes) {
             match &mut self.skipping {
                 Some(scanner) => scanner.feed(part),
                 None if self.line.len() + part.len() > MAX_MESSAGE_BYTES => {
@@ -59,7 +53,7 @@ impl Lines {
                 }
                 None => self.line.extend_from_slice(part),
             }
-            if end.is_some() {
+            if ended {
                 if let Some(framed) = self.finish() {
                     out.push(framed);
                 }
@@ -81,6 +75,24 @@ impl Lines {
         }
         Some(text(line))
     }
+}
+
+/// `bytes` cut at each newline: the pieces, each with whether a newline ended it.
+fn pieces(bytes: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        Some(match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let piece = &rest[..i];
+                rest = &rest[i + 1..];
+                (piece, true)
+            }
+            None => (std::mem::take(&mut rest), false),
+        })
+    })
 }
 
 fn too_large() -> String {
@@ -116,15 +128,9 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<Framed> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Framed> {
         let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let end = bytes.iter().position(|&b| b == b'\n');
-            let (part, rest) = match end {
-                Some(i) => (&bytes[..i], &bytes[i + 1..]),
-                None => (bytes, &[][..]),
-            };
-            bytes = rest;
+        for (part, ended) in pieces(bytes) {
             // A field line longer than the cap can only be an oversized `data` line.
             if self.lines.len() + part.len() > MAX_MESSAGE_BYTES + 16 {
                 let scanner = self.skipping.get_or_insert_with(IdScanner::default);
@@ -140,7 +146,7 @@ impl Events {
                 continue;
             }
             self.lines.extend_from_slice(part);
-            if end.is_none() {
+            if !ended {
                 continue;
             }
             let mut line = std::mem::take(&mut self.lines);

@@ -54,8 +54,9 @@ pub struct Mcp;
 
 /// Requests in flight per connection (more are refused, not queued).
 pub const MAX_IN_FLIGHT: usize = 256;
-/// Messages waiting for the driver per connection; a server that outruns it waits.
-const INBOX: usize = 256;
+/// Messages waiting for the driver per connection (at most 16 × 4 MiB held); a server that
+/// outruns it waits, and so do callers handing it requests.
+const INBOX: usize = 16;
 /// The longest `submit` may wait, whatever it asks.
 pub const MAX_SUBMIT: Duration = Duration::from_secs(15 * 60);
 /// How long a stopped driver gets to return before it is ended.
@@ -79,6 +80,8 @@ pub struct McpGrant {
 pub struct UrlPattern {
     origin: NetworkGrant,
     any_port: bool,
+    /// As written in the policy.
+    text: String,
 }
 
 impl UrlPattern {
@@ -93,6 +96,7 @@ impl UrlPattern {
         Ok(Self {
             origin: NetworkGrant::parse(origin)?,
             any_port,
+            text: text.to_string(),
         })
     }
 
@@ -142,18 +146,14 @@ pub struct McpGrantFile {
 impl Grant for McpGrant {
     fn scope(&self) -> Option<String> {
         let mut scope: Vec<&str> = self.launch.programs.iter().map(String::as_str).collect();
-        scope.extend(self.urls.iter().map(|u| u.origin.text.as_str()));
+        scope.extend(self.urls.iter().map(|u| u.text.as_str()));
         Some(format!("({})", scope.join(", ")))
     }
 
     fn explain(&self, _policy: &Policy) -> Vec<ExplainLine> {
         let mut lines = Vec::new();
         if !self.launch.programs.is_empty() {
-            let programs = if self.launch.programs.iter().any(|p| p == "*") {
-                "any program".to_string()
-            } else {
-                format!("these programs: {}", self.launch.programs.join(", "))
-            };
+            let programs = self.launch.programs_text();
             let dirs: Vec<String> = self
                 .launch
                 .working_directories
@@ -185,14 +185,14 @@ impl Grant for McpGrant {
             ));
         }
         if !self.urls.is_empty() {
-            let urls: Vec<&str> = self.urls.iter().map(|u| u.origin.text.as_str()).collect();
+            let urls: Vec<&str> = self.urls.iter().map(|u| u.text.as_str()).collect();
             lines.push(ExplainLine::risky(
                 format!(
                     "Can ask to register MCP servers reached over HTTP at {}{}. Each needs a \
                      person's approval.",
                     urls.join(", "),
                     if self.urls.iter().any(|u| u.any_port) {
-                        " (on any port where `:*` is written)"
+                        " (`:*`: any port)"
                     } else {
                         ""
                     }
@@ -210,12 +210,10 @@ impl GrantKind for Mcp {
     }
 
     fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        let mut schema = generator.subschema_for::<McpGrantFile>();
-        schema.insert(
-            "description".into(),
-            "MCP servers, each registration approved by a person (`capbridge:host/mcp`).".into(),
-        );
-        schema
+        super::described_schema::<McpGrantFile>(
+            generator,
+            "MCP servers, each registration approved by a person (`capbridge:host/mcp`).",
+        )
     }
 
     fn parse(
@@ -1023,8 +1021,11 @@ impl McpService {
             server.connected_at_ms = Some(now_ms());
             (k.clone(), server.connection.clone().expect("found by it"))
         };
-        let info: serde_json::Value =
-            serde_json::from_str(&info).unwrap_or(serde_json::Value::Null);
+        // Goes to every session in an event: at most 64 KiB, like any event.
+        let info: serde_json::Value = (info.len() <= super::events::MAX_PAYLOAD_BYTES)
+            .then(|| serde_json::from_str(&info).ok())
+            .flatten()
+            .unwrap_or(serde_json::Value::Null);
         tracing::info!(target: "capbridge::audit", component = %k.0, server = %k.1, protocol = %version, "MCP server connected");
         self.publish(
             "mcp.server.connected",
@@ -1665,6 +1666,10 @@ impl Host for HostState {
         else {
             return Ok(());
         };
+        // An event like any component's: a JSON object of at most 64 KiB, else nothing is sent.
+        if payload.len() > super::events::MAX_PAYLOAD_BYTES {
+            return Ok(());
+        }
         let Ok(serde_json::Value::Object(mut payload)) = serde_json::from_str(&payload) else {
             return Ok(());
         };

@@ -91,17 +91,24 @@ pub struct ProcessGrantFile {
     pub request_environment: Vec<String>,
 }
 
+impl ProcessGrant {
+    /// `any program`, or `these programs: a, b`, for `explain`.
+    pub fn programs_text(&self) -> String {
+        if self.programs.iter().any(|p| p == "*") {
+            "any program".to_string()
+        } else {
+            format!("these programs: {}", self.programs.join(", "))
+        }
+    }
+}
+
 impl Grant for ProcessGrant {
     fn scope(&self) -> Option<String> {
         Some(format!("({})", self.programs.join(", ")))
     }
 
     fn explain(&self, _policy: &Policy) -> Vec<ExplainLine> {
-        let programs = if self.programs.iter().any(|p| p == "*") {
-            "any program".to_string()
-        } else {
-            format!("these programs: {}", self.programs.join(", "))
-        };
+        let programs = self.programs_text();
         let dirs: Vec<String> = self
             .working_directories
             .iter()
@@ -151,12 +158,10 @@ impl GrantKind for Process {
     }
 
     fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        let mut schema = generator.subschema_for::<ProcessGrantFile>();
-        schema.insert(
-            "description".into(),
-            "Child processes, each run approved by a person (`capbridge:host/process`).".into(),
-        );
-        schema
+        super::described_schema::<ProcessGrantFile>(
+            generator,
+            "Child processes, each run approved by a person (`capbridge:host/process`).",
+        )
     }
 
     fn parse(
