@@ -1657,3 +1657,57 @@ async fn two_servers_with_the_same_tool_names_each_get_their_own_calls() {
     until_no_process_in(&a).await;
     until_no_process_in(&b).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_never_answers_its_handshake_times_out_or_is_disconnected_while_waiting() {
+    let env = Env::start().await;
+    let cwd = env.dir("mute");
+    // A program that reads nothing and says nothing: no handshake ever comes.
+    let mute =
+        json!({ "type": "stdio", "program": "sleep", "args": ["600"], "cwd": cwd, "env": {} });
+    env.add("mute", mute).await;
+
+    let (status, error) = env.connect_with("mute", json!({ "timeoutMs": 1000 })).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("1000 ms"), "{message}");
+    assert_eq!(env.server("mute").await.unwrap()["state"], "failed");
+    until_no_process_in(&cwd).await;
+
+    // A connect waiting for a handshake ends as soon as the server is disconnected, not at its
+    // timeout (ten minutes here).
+    let waiting = {
+        let (client, url, token) = (
+            env.bridge.client.clone(),
+            env.bridge.url("/api/v1/mcp/servers/mute/connect"),
+            env.token.clone(),
+        );
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .header(capbridge_tests::TOKEN_HEADER, token)
+                .json(&json!({ "timeoutMs": 600000 }))
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        })
+    };
+    env.until_state("mute", "connecting").await;
+    server_process_in(&cwd).await;
+    env.disconnect("mute").await;
+    let (status, error) = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the waiting connect ends with the disconnect")
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disconnected while connecting"),
+        "{error}"
+    );
+    assert_eq!(env.server("mute").await.unwrap()["state"], "disconnected");
+    until_no_process_in(&cwd).await;
+}

@@ -248,9 +248,17 @@ pub struct Driver {
     tokens: HashMap<String, u64>,
     /// Requests that arrived before the handshake was done.
     queued: Vec<(u64, String)>,
+    /// How long the handshake may take.
+    handshake_limit: Duration,
 }
 
 impl Driver {
+    /// How long the handshake may take (default [`HANDSHAKE`]; `connect`'s timeout).
+    pub fn with_handshake(mut self, limit: Duration) -> Driver {
+        self.handshake_limit = limit;
+        self
+    }
+
     pub fn new(server_id: String) -> Driver {
         Driver {
             server_id,
@@ -261,6 +269,7 @@ impl Driver {
             tickets: HashMap::new(),
             tokens: HashMap::new(),
             queued: Vec::new(),
+            handshake_limit: HANDSHAKE,
         }
     }
 
@@ -273,8 +282,8 @@ impl Driver {
             .insert(client_meta(ProtocolVersion::V_2026_07_28));
         self.handshake = Some(Handshake::Discover {
             id,
-            probe_deadline: now + DISCOVER_PROBE,
-            deadline: now + HANDSHAKE,
+            probe_deadline: now + DISCOVER_PROBE.min(self.handshake_limit),
+            deadline: now + self.handshake_limit,
         });
         let message = encode(&ClientJsonRpcMessage::request(
             ClientRequest::DiscoverRequest(discover),
@@ -916,13 +925,13 @@ impl Driver {
     fn expire(&mut self, host: &mut impl Host, now: Instant) -> Flow {
         match &self.handshake {
             Some(Handshake::Discover { probe_deadline, .. }) if now >= *probe_deadline => {
-                let ms = DISCOVER_PROBE.as_millis();
+                let ms = DISCOVER_PROBE.min(self.handshake_limit).as_millis();
                 if self.fall_back(host, format!("no answer within {ms} ms")) == Flow::Exit {
                     return Flow::Exit;
                 }
             }
             Some(Handshake::Initialize { deadline, .. }) if now >= *deadline => {
-                let ms = HANDSHAKE.as_millis();
+                let ms = self.handshake_limit.as_millis();
                 return self.fail_handshake(
                     host,
                     format!("initialize: no answer; the handshake may take at most {ms} ms"),

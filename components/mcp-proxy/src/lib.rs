@@ -130,7 +130,7 @@ impl Guest for McpProxy {
         submit(&server_id, &request)
     }
 
-    fn drive(server_id: String) {
+    fn drive(server_id: String, handshake_timeout_ms: u64) {
         // `denied` unless this instance is the connection's driver.
         let Ok(first) = host::next(0) else {
             return;
@@ -149,7 +149,9 @@ impl Guest for McpProxy {
             }
             _ => {}
         }
-        let mut driver = Driver::new(server_id);
+        let mut driver = Driver::new(server_id).with_handshake(std::time::Duration::from_millis(
+            handshake_timeout_ms.max(1),
+        ));
         if driver.start(&mut bindings, Instant::now()) == Flow::Exit {
             return;
         }

@@ -116,6 +116,42 @@ fn text(bytes: Vec<u8>) -> Framed {
     }
 }
 
+/// A body that is one message however it is laid out (`application/json`).
+#[derive(Default)]
+pub struct Whole {
+    bytes: Vec<u8>,
+    skipping: Option<IdScanner>,
+}
+
+impl Whole {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        match &mut self.skipping {
+            Some(scanner) => scanner.feed(bytes),
+            None if self.bytes.len() + bytes.len() > MAX_MESSAGE_BYTES => {
+                let mut scanner = IdScanner::default();
+                scanner.feed(&self.bytes);
+                scanner.feed(bytes);
+                self.bytes = Vec::new();
+                self.skipping = Some(scanner);
+            }
+            None => self.bytes.extend_from_slice(bytes),
+        }
+    }
+
+    pub fn finish(self) -> Option<Framed> {
+        if let Some(scanner) = self.skipping {
+            return Some(Framed::Refused {
+                id: scanner.id(),
+                why: too_large(),
+            });
+        }
+        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(text(self.bytes))
+    }
+}
+
 /// Splits a `text/event-stream` body into the `data` of its events (only `message` events, the
 /// default type, carry MCP messages).
 #[derive(Default)]
@@ -368,6 +404,23 @@ mod tests {
             ]
         );
         assert!(lines.line.capacity() <= 2 * MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn a_json_body_is_one_message_however_it_is_laid_out() {
+        let mut whole = Whole::default();
+        whole.feed(b"{\n  \"id\": 1,\n");
+        whole.feed(b"  \"result\": {}\n}\n");
+        assert_eq!(
+            whole.finish(),
+            Some(Framed::Message(
+                "{\n  \"id\": 1,\n  \"result\": {}\n}\n".into()
+            ))
+        );
+        let mut big = Whole::default();
+        big.feed(b"{\"id\": 2, \"result\": \"");
+        big.feed(&vec![b'x'; MAX_MESSAGE_BYTES]);
+        assert!(matches!(big.finish(), Some(Framed::Refused { id: Some(id), .. }) if id == "2"));
     }
 
     #[test]

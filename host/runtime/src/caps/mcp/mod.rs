@@ -525,9 +525,13 @@ impl McpService {
                  approved (or DELETE it and register again)"
             )));
         };
-        if let Some(transport) = transport.filter(|t| *t != entry.transport) {
+        if let Some(transport) = transport {
+            // A new change replaces a waiting one; the approved transport again withdraws it.
             if let Some(old) = server.pending.take() {
                 self.approvals.reject_where(|p| p.id == old.request_id);
+            }
+            if transport == entry.transport {
+                return Ok(server.view(&id));
             }
             let request_id = self.ask(&component, session, &id, &transport, &program_path)?;
             server.pending = Some(Pending {
@@ -563,7 +567,14 @@ impl McpService {
                 cwd,
                 env,
             } => (
-                template::display(program, args),
+                // Literal values are shown: `UV_INDEX_URL=…` changes what `uvx` installs.
+                // Placeholders stay placeholders.
+                env.iter()
+                    .map(|(k, v)| {
+                        format!("{}={} ", template::printable(k), template::display(v, &[]))
+                    })
+                    .chain(std::iter::once(template::display(program, args)))
+                    .collect::<String>(),
                 Some(template::printable(
                     cwd.as_deref().unwrap_or("(the first granted directory)"),
                 )),
@@ -572,7 +583,11 @@ impl McpService {
                 Vec::new(),
             ),
             Transport::Http { url, headers } => (
-                template::printable(url),
+                std::iter::once(template::printable(url))
+                    .chain(headers.iter().map(|(k, v)| {
+                        format!(" ({}: {})", template::printable(k), template::printable(v))
+                    }))
+                    .collect::<String>(),
                 None,
                 Some(template::printable(url)),
                 Vec::new(),
@@ -671,7 +686,8 @@ impl McpService {
         server.entry = Some(Entry {
             component: component.to_string(),
             id: id.to_string(),
-            name: pending.name,
+            // A rename since the change was asked for stands.
+            name: previous.as_ref().map_or(pending.name, |e| e.name.clone()),
             transport: pending.transport,
             program_path: pending.program_path,
             created_at_ms: previous
@@ -801,6 +817,16 @@ impl McpService {
                         &policy.source,
                     )
                     .map_err(GuestError::from)?;
+                    // The file that starts is the one the person approved, whatever the
+                    // resolved variables (a PATH filled at connect) find.
+                    let started = checked.program.display().to_string();
+                    if entry.program_path.as_deref() != Some(started.as_str()) {
+                        return Err(GuestError::Denied(format!(
+                            "`transport.program` now finds {started}, not {} as approved: \
+                             register it again",
+                            entry.program_path.as_deref().unwrap_or_default()
+                        )));
+                    }
                     server.stderr = Arc::new(StderrLog::default());
                     Link::stdio(
                         StdioLaunch {
@@ -819,10 +845,17 @@ impl McpService {
                     headers: template_headers,
                 } => {
                     let headers = resolve("headers", template_headers, headers)?;
+                    let url = parse_url(url)?;
+                    let grant = policy.grant::<McpGrant>().expect("checked above");
+                    let private_ok = grant
+                        .urls
+                        .iter()
+                        .any(|p| p.matches(&url) && p.origin.names_private_address());
                     Link::http(
                         HttpTarget {
-                            url: parse_url(url)?,
+                            url,
                             headers,
+                            private_ok,
                         },
                         inbox.clone(),
                         gone,
@@ -844,7 +877,10 @@ impl McpService {
             let driver = background
                 .run(
                     DRIVE_EXPORT,
-                    vec![Val::String(id.to_string())],
+                    vec![
+                        Val::String(id.to_string()),
+                        Val::U64(timeout.as_millis() as u64),
+                    ],
                     role.clone(),
                 )
                 .map_err(|e| {
@@ -879,7 +915,14 @@ impl McpService {
                 timeout.as_millis()
             )),
         };
-        if let Some(why) = failure {
+        // Ready at the last moment (after the timeout fired) still counts.
+        let connected = self.lock().get(&k).is_some_and(|s| {
+            s.state == State::Connected
+                && s.connection
+                    .as_ref()
+                    .is_some_and(|c| c.role == connection.role)
+        });
+        if let (Some(why), false) = (failure, connected) {
             self.fail(&k, &connection.role, why.clone());
             connection.end().await;
             return Err(GuestError::Unavailable(format!(
@@ -903,7 +946,8 @@ impl McpService {
         server.failures += 1;
         server.protocol_version = None;
         server.connected_at_ms = None;
-        let backoff = Duration::from_secs(1 << (server.failures - 1).min(6)).min(MAX_BACKOFF);
+        let backoff =
+            Duration::from_secs(1 << server.failures.saturating_sub(2).min(6)).min(MAX_BACKOFF);
         // The first failure may be retried at once; from the second on, with growing waits.
         server.retry_after_ms =
             (server.failures > 1).then(|| now_ms() + backoff.as_millis() as u64);
@@ -935,8 +979,15 @@ impl McpService {
             .stderr
             .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.chars().take(300).collect::<String>());
+            // Only the driver's own account of a failed handshake: other lines it wrote may
+            // quote the server (its log messages), which may hold anything.
+            .find_map(|l| l.split_once("handshake failed: "))
+            .map(|(_, why)| {
+                format!(
+                    "handshake failed: {}",
+                    why.chars().take(300).collect::<String>()
+                )
+            });
         let why = match (&ended.outcome, last) {
             (Err(trap), _) => format!("the driver stopped: {trap}"),
             (Ok(()), Some(line)) => line,
@@ -1086,16 +1137,17 @@ impl Connection {
             }
         }
         let _abandon = Abandon(self, ticket);
+        let ended = || GuestError::Unavailable("the server's driver has ended".into());
         let wait = async {
-            self.inbox
-                .send(Incoming::Request(ticket, request))
-                .await
-                .map_err(|_| GuestError::Unavailable("the server's driver has ended".into()))?;
-            answered.await.unwrap_or_else(|_| {
-                Err(GuestError::Unavailable(
-                    "the server's driver has ended".into(),
-                ))
-            })
+            let mut answered = answered;
+            // A failure answers the ticket even while the request waits for room in the inbox.
+            tokio::select! {
+                sent = self.inbox.send(Incoming::Request(ticket, request)) => {
+                    sent.map_err(|_| ended())?;
+                }
+                answer = &mut answered => return answer.unwrap_or_else(|_| Err(ended())),
+            }
+            answered.await.unwrap_or_else(|_| Err(ended()))
         };
         tokio::time::timeout(timeout, wait)
             .await
@@ -1124,6 +1176,12 @@ impl Connection {
 
     /// Stops the driver (asked first, ended after a grace period) and closes the transport.
     async fn end(&self) {
+        // A `connect` still waiting for the handshake hears that it will not come.
+        self.ready.send_if_modified(|r| {
+            r.is_none()
+                .then(|| *r = Some(Err("disconnected while connecting".into())))
+                .is_some()
+        });
         let _ = self.inbox.try_send(Incoming::Stop);
         let driver = self.driver.lock().expect("driver lock").take();
         if let Some(mut driver) = driver {
@@ -1293,6 +1351,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "content-length",
     "content-type",
     "host",
+    "mcp-method",
+    "mcp-name",
     "mcp-protocol-version",
     "mcp-session-id",
     "te",

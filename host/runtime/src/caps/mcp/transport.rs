@@ -14,11 +14,13 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::framing::{Events, Framed, Lines, MAX_MESSAGE_BYTES};
+use super::framing::{Events, Framed, Lines, Whole, MAX_MESSAGE_BYTES};
 use crate::caps::process::{contained, signal_group, TERM_GRACE};
 
 /// What a server's stderr keeps: its last 64 KiB.
 pub const STDERR_BYTES: usize = 64 << 10;
+/// HTTP requests open at once per server (each an exchange waiting for its answer).
+const MAX_EXCHANGES: usize = 256;
 /// The longest an HTTP request may take to answer (its stream may then go on).
 const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -49,6 +51,32 @@ pub struct StdioLaunch {
 pub struct HttpTarget {
     pub url: url::Url,
     pub headers: Vec<(String, String)>,
+    /// Whether the grant that allows the URL names this machine or the local network; if not,
+    /// a host name that resolves to such an address is refused (as for `grants.network`).
+    pub private_ok: bool,
+}
+
+/// Resolves host names to public addresses only.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !capbridge_policy::is_private_address(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no public address, and grants.mcp.urls does not name a \
+                     private one"
+                )
+                .into());
+            }
+            Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// One open transport.
@@ -58,6 +86,9 @@ pub struct Link {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// HTTP: the exchange of each request in flight, by its id (as JSON).
     requests: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Set by the first `close`: a process group is signalled once, never after its ids may
+    /// have been reused.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 enum Kind {
@@ -91,13 +122,6 @@ impl StderrLog {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("stderr lock")).into_owned()
     }
-
-    /// Its last line, for a failure message.
-    pub fn last_line(&self) -> Option<String> {
-        let text = self.text();
-        let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-        Some(line.chars().take(300).collect())
-    }
 }
 
 impl Link {
@@ -123,7 +147,6 @@ impl Link {
         let reader = {
             let inbox = inbox.clone();
             let child = child.clone();
-            let stderr = stderr.clone();
             tokio::spawn(async move {
                 let mut lines = Lines::new();
                 let mut buf = vec![0u8; 64 << 10];
@@ -141,7 +164,7 @@ impl Link {
                 // The output closed: the server exited (or is about to).
                 let status =
                     tokio::time::timeout(Duration::from_secs(1), child.lock().await.wait()).await;
-                let mut why = match status {
+                let why = match status {
                     Ok(Ok(status)) => match (status.code(), status_signal(&status)) {
                         (Some(code), _) => format!("the server exited with code {code}"),
                         (None, Some(signal)) => format!("the server was killed by signal {signal}"),
@@ -149,9 +172,8 @@ impl Link {
                     },
                     _ => "the server closed its standard output".to_string(),
                 };
-                if let Some(line) = stderr.last_line() {
-                    why.push_str(&format!(" (the last line of its standard error: {line})"));
-                }
+                // Its standard error is not quoted: it may hold anything, secrets included
+                // (the `server-log` export reads it).
                 gone(why.clone());
                 let _ = inbox.send(Incoming::Closed(why)).await;
             })
@@ -174,6 +196,7 @@ impl Link {
             inbox,
             tasks: Mutex::new(vec![reader, logger]),
             requests: Mutex::new(HashMap::new()),
+            closed: Default::default(),
         })
     }
 
@@ -183,11 +206,15 @@ impl Link {
         inbox: mpsc::Sender<Incoming>,
         gone: Gone,
     ) -> Result<Link, String> {
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             // The approved URL and nowhere else.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(HTTP_CONNECT_TIMEOUT)
-            .no_proxy()
+            .no_proxy();
+        if !target.private_ok {
+            client = client.dns_resolver(Arc::new(PublicOnly));
+        }
+        let client = client
             .build()
             .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
         Ok(Link {
@@ -200,6 +227,7 @@ impl Link {
             inbox,
             tasks: Mutex::new(Vec::new()),
             requests: Mutex::new(HashMap::new()),
+            closed: Default::default(),
         })
     }
 
@@ -236,6 +264,15 @@ impl Link {
                 gone,
             } => {
                 let facts = Facts::of(&message);
+                {
+                    let mut requests = self.requests.lock().expect("requests lock");
+                    requests.retain(|_, t| !t.is_finished());
+                    if requests.len() >= MAX_EXCHANGES {
+                        return Err(format!(
+                            "{MAX_EXCHANGES} HTTP requests to the server are open already"
+                        ));
+                    }
+                }
                 let id = facts.id.clone();
                 // In the stateless revision a request's HTTP exchange is the request: closing it
                 // is how a server hears of a cancellation.
@@ -298,8 +335,17 @@ impl Link {
                         return;
                     }
                     if !status.is_success() {
-                        let body = response.text().await.unwrap_or_default();
-                        let body: String = body.chars().take(300).collect();
+                        // Its first 300 bytes say enough; the rest is never read.
+                        let mut head = Vec::new();
+                        let mut body = response.bytes_stream();
+                        while let Some(Ok(chunk)) = body.next().await {
+                            head.extend_from_slice(&chunk);
+                            if head.len() >= 300 {
+                                break;
+                            }
+                        }
+                        head.truncate(300);
+                        let body = String::from_utf8_lossy(&head);
                         let _ = inbox
                             .send(undelivered(format!(
                                 "the server answered HTTP {status}: {body}"
@@ -313,25 +359,27 @@ impl Link {
                         .and_then(|v| v.to_str().ok())
                         .is_some_and(|t| t.starts_with("text/event-stream"));
                     let mut body = response.bytes_stream();
-                    let mut lines = Lines::new();
+                    if !stream {
+                        // One JSON message, however it is laid out.
+                        let mut whole = Whole::default();
+                        while let Some(Ok(chunk)) = body.next().await {
+                            whole.feed(&chunk);
+                        }
+                        if let Some(framed) = whole.finish() {
+                            let _ = inbox.send(incoming(framed)).await;
+                        }
+                        return;
+                    }
                     let mut events = Events::default();
-                    while let Some(chunk) = body.next().await {
-                        let Ok(chunk) = chunk else { break };
-                        let framed = if stream {
-                            events.feed(&chunk)
-                        } else {
-                            lines.feed(&chunk)
-                        };
-                        for framed in framed {
-                            if inbox.send(incoming(framed)).await.is_err() {
+                    while let Some(Ok(chunk)) = body.next().await {
+                        for framed in events.feed(&chunk) {
+                            // The answer to this request ends its exchange (a server may keep
+                            // the stream open after it).
+                            let done = matches!(&framed, Framed::Message(m) if answers(m, id.as_deref()))
+                                || matches!(&framed, Framed::Refused { id: refused, .. } if refused.is_some() && *refused == id);
+                            if inbox.send(incoming(framed)).await.is_err() || done {
                                 return;
                             }
-                        }
-                    }
-                    if !stream {
-                        // A JSON body need not end with a newline.
-                        for framed in lines.feed(b"\n") {
-                            let _ = inbox.send(incoming(framed)).await;
                         }
                     }
                 });
@@ -355,6 +403,9 @@ impl Link {
     /// Ends the link: a stdio server's whole process group gets TERM, then KILL after the grace
     /// period; an HTTP session is ended with DELETE (best effort).
     pub async fn close(&self) {
+        if self.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         match &self.kind {
             Kind::Stdio {
                 stdin,
@@ -415,6 +466,9 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
+        if *self.closed.get_mut() {
+            return;
+        }
         if let Kind::Stdio { group, .. } = &self.kind {
             signal_group(*group, rustix::process::Signal::KILL);
         }
@@ -432,6 +486,24 @@ fn incoming(framed: Framed) -> Incoming {
 fn status_signal(status: &std::process::ExitStatus) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt as _;
     status.signal()
+}
+
+/// Whether `message` is the answer (result or error) to the request with `id` (as JSON).
+fn answers(message: &str, id: Option<&str>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        #[serde(default)]
+        method: Option<serde::de::IgnoredAny>,
+    }
+    let Some(id) = id else { return false };
+    serde_json::from_str::<Head>(message).is_ok_and(|head| {
+        head.method.is_none()
+            && head
+                .id
+                .is_some_and(|v| serde_json::to_string(&v).is_ok_and(|text| text == id))
+    })
 }
 
 /// What the HTTP transport needs to know of an outgoing message.
@@ -474,5 +546,40 @@ impl Facts {
             name,
             cancels,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exchange_ends_with_the_answer_to_its_own_request() {
+        assert!(answers(
+            r#"{"jsonrpc":"2.0","id":5,"result":{}}"#,
+            Some("5")
+        ));
+        assert!(answers(r#"{"error":{"code":1},"id":"a"}"#, Some(r#""a""#)));
+        // A request of the server's with the same id, a string id "5", progress: not the answer.
+        assert!(!answers(r#"{"id":5,"method":"roots/list"}"#, Some("5")));
+        assert!(!answers(r#"{"id":"5","result":{}}"#, Some("5")));
+        assert!(!answers(
+            r#"{"method":"notifications/progress"}"#,
+            Some("5")
+        ));
+        assert!(!answers(r#"{"id":5,"result":{}}"#, None));
+    }
+
+    #[test]
+    fn outgoing_messages_give_the_headers_and_what_they_cancel() {
+        let call = Facts::of(r#"{"id":3,"method":"tools/call","params":{"name":"echo"}}"#);
+        assert_eq!(call.id.as_deref(), Some("3"));
+        assert_eq!(call.method.as_deref(), Some("tools/call"));
+        assert_eq!(call.name.as_deref(), Some("echo"));
+        let read = Facts::of(r#"{"id":4,"method":"resources/read","params":{"uri":"a://b"}}"#);
+        assert_eq!(read.name.as_deref(), Some("a://b"));
+        let cancel = Facts::of(r#"{"method":"notifications/cancelled","params":{"requestId":3}}"#);
+        assert_eq!(cancel.cancels.as_deref(), Some("3"));
+        assert!(cancel.id.is_none());
     }
 }
