@@ -63,6 +63,8 @@ pub const MAX_SUBMIT: Duration = Duration::from_secs(15 * 60);
 const DRIVER_GRACE: Duration = Duration::from_secs(2);
 /// The export the host calls to start a connection's driver.
 const DRIVE_EXPORT: &str = "drive";
+/// The shortest time between two `mcp.tools.changed` events of one connection.
+const TOOLS_CHANGED_EVERY: Duration = Duration::from_secs(1);
 /// The longest wait after failures before the next connect may be tried.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -329,6 +331,9 @@ struct Connection {
     /// `Some(Ok(version))` once the driver is ready, `Some(Err(why))` when it never will be.
     ready: watch::Sender<Option<Result<String, String>>>,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// When `mcp.tools.changed` was last published for it: a server that says so in a loop
+    /// reaches every session at most once per [`TOOLS_CHANGED_EVERY`].
+    tools_changed_at: Mutex<Option<std::time::Instant>>,
 }
 
 struct Ticket {
@@ -872,6 +877,7 @@ impl McpService {
                 next_ticket: AtomicU64::new(1),
                 ready: watch::channel(None).0,
                 driver: Mutex::new(None),
+                tools_changed_at: Mutex::new(None),
             });
             let ready = connection.ready.subscribe();
             let driver = background
@@ -1755,12 +1761,23 @@ impl Host for HostState {
 
     async fn tools_changed(&mut self) -> wasmtime::Result<()> {
         let service = self.mcp()?;
-        if let Some(id) = self
-            .grants
-            .role
-            .as_deref()
-            .and_then(|role| service.server_id_of(role))
-        {
+        let role = self.grants.role.as_deref();
+        let (Ok(connection), Some(id)) = (
+            service.driving(role),
+            role.and_then(|role| service.server_id_of(role)),
+        ) else {
+            return Ok(());
+        };
+        let due = {
+            let mut last = connection.tools_changed_at.lock().expect("tools lock");
+            let now = std::time::Instant::now();
+            let due = last.is_none_or(|at| now.duration_since(at) >= TOOLS_CHANGED_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due {
             service.publish("mcp.tools.changed", None, json!({ "serverId": id }));
         }
         Ok(())
