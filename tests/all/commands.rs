@@ -11,8 +11,8 @@ use base64::Engine as _;
 use capbridge_api::BridgeConfig;
 use capbridge_runtime::approvals::{Decider, Decision, Prompt};
 use capbridge_tests::{
-    assert_error, component, each_run_event, edit_policy, shipped_policy, status_and_json, Bridge,
-    Fixture, Socket,
+    assert_error, component, each_run_event, shipped_policy, shipped_policy_working_in,
+    status_and_json, Bridge, Fixture, Socket,
 };
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
@@ -30,16 +30,7 @@ struct Env {
 
 /// The shipped commands policy, working in `work`, after `edit` of its process grant.
 fn commands_policy(work: &Path, edit: impl FnOnce(&mut toml::Table)) -> String {
-    edit_policy(&shipped_policy("commands"), |table| {
-        let process = table["grants"]["process"].as_table_mut().unwrap();
-        process.insert(
-            "working-directories".into(),
-            toml::Value::Array(vec![toml::Value::String(
-                work.to_str().unwrap().to_string(),
-            )]),
-        );
-        edit(process);
-    })
+    shipped_policy_working_in("commands", "process", work, edit)
 }
 
 impl Env {

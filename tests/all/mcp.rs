@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use capbridge_api::BridgeConfig;
 use capbridge_runtime::approvals::{Decider, Decision};
 use capbridge_tests::{
-    assert_error, component, edit_policy, next_event, shipped_policy, status_and_json, Bridge,
+    assert_error, component, next_event, shipped_policy_working_in, status_and_json, Bridge,
     Fixture, Socket,
 };
 use futures_util::StreamExt as _;
@@ -51,16 +51,7 @@ struct Env {
 /// The shipped mcp-proxy policy with its working directory moved to `work`, after `edit` of its
 /// `grants.mcp` table.
 fn mcp_policy(work: &Path, edit: impl FnOnce(&mut toml::Table)) -> String {
-    edit_policy(&shipped_policy("mcp-proxy"), |table| {
-        let mcp = table["grants"]["mcp"].as_table_mut().unwrap();
-        mcp.insert(
-            "working-directories".into(),
-            toml::Value::Array(vec![toml::Value::String(
-                work.to_str().unwrap().to_string(),
-            )]),
-        );
-        edit(mcp);
-    })
+    shipped_policy_working_in("mcp-proxy", "mcp", work, edit)
 }
 
 /// A fixture with the mcp-proxy component under [`mcp_policy`]`(work, edit)`.

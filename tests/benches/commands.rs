@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use capbridge_api::BridgeConfig;
 use capbridge_tests::{
-    component, each_run_event, edit_policy, shipped_policy, Bridge, Fixture, Socket,
+    component, each_run_event, shipped_policy_working_in, Bridge, Fixture, Socket,
 };
 use serde_json::{json, Value};
 
@@ -41,10 +41,7 @@ fn main() {
     ];
 
     let fixture = Fixture::new();
-    let policy = edit_policy(&shipped_policy("commands"), |table| {
-        table["grants"]["process"]["working-directories"] =
-            toml::Value::Array(vec![work.path().to_str().unwrap().into()]);
-    });
+    let policy = shipped_policy_working_in("commands", "process", work.path(), |_| {});
     fixture.add("commands", &component("commands"), Some(&policy));
     let rules: Vec<Value> = templates
         .iter()

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use capbridge_api::BridgeConfig;
-use capbridge_tests::{component, edit_policy, root, shipped_policy, Bridge, Fixture};
+use capbridge_tests::{component, root, shipped_policy_working_in, Bridge, Fixture};
 use rmcp::model::CallToolRequestParams;
 use rmcp::ServiceExt as _;
 use serde_json::json;
@@ -33,10 +33,7 @@ fn main() {
     );
     let work = tempfile::tempdir().unwrap();
     let fixture = Fixture::new();
-    let policy = edit_policy(&shipped_policy("mcp-proxy"), |table| {
-        table["grants"]["mcp"]["working-directories"] =
-            toml::Value::Array(vec![work.path().to_str().unwrap().into()]);
-    });
+    let policy = shipped_policy_working_in("mcp-proxy", "mcp", work.path(), |_| {});
     fixture.add("mcp-proxy", &component("mcp-proxy"), Some(&policy));
     let entry = json!({
         "component": "mcp-proxy", "id": "everything", "name": "everything",

@@ -288,6 +288,25 @@ pub fn edit_policy(text: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
     toml::to_string(&table).expect("serialise the policy")
 }
 
+/// The shipped policy of component `id` with `grants.<grant>.working-directories` moved to
+/// `dir` (the only one), after `edit` of that grant's table: the shipped component as a user
+/// gets it, working in a test's own directory.
+pub fn shipped_policy_working_in(
+    id: &str,
+    grant: &str,
+    dir: &Path,
+    edit: impl FnOnce(&mut toml::Table),
+) -> String {
+    edit_policy(&shipped_policy(id), |table| {
+        let grant = table["grants"][grant].as_table_mut().expect("the grant");
+        grant.insert(
+            "working-directories".into(),
+            toml::Value::Array(vec![dir.to_str().expect("UTF-8 path").into()]),
+        );
+        edit(grant);
+    })
+}
+
 /// One `[[grants.directories]]` entry: host directory, guest path, access.
 pub struct DirGrant<'a> {
     pub host: &'a Path,

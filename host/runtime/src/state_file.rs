@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// The format version every state file is written with (its top-level `version`).
+pub const VERSION: u32 = 1;
+
 /// One state file.
 pub struct StateFile {
     path: PathBuf,
@@ -34,20 +37,21 @@ impl StateFile {
         &self.path
     }
 
-    /// Its content; `None` when there is no file yet. A file that cannot be read is moved aside
-    /// (`<name>.unreadable`), never silently overwritten, and `None` is returned: a broken file
-    /// must not be taken for permission.
-    pub fn read<T: DeserializeOwned>(
-        &self,
-        accept: impl Fn(&T) -> Result<(), String>,
-    ) -> Option<T> {
+    /// Its content; `None` when there is no file yet. A file that cannot be read, or has
+    /// another `version` than [`VERSION`], is moved aside (`<name>.unreadable`), never silently
+    /// overwritten, and `None` is returned: a broken file must not be taken for permission.
+    pub fn read<T: DeserializeOwned>(&self) -> Option<T> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            version: u32,
+        }
         let why = match std::fs::read(&self.path) {
-            Ok(bytes) => match serde_json::from_slice::<T>(&bytes) {
-                Ok(value) => match accept(&value) {
-                    Ok(()) => return Some(value),
-                    Err(why) => why,
+            Ok(bytes) => match serde_json::from_slice::<Head>(&bytes) {
+                Ok(head) if head.version != VERSION => format!("unknown version {}", head.version),
+                _ => match serde_json::from_slice::<T>(&bytes) {
+                    Ok(value) => return Some(value),
+                    Err(e) => e.to_string(),
                 },
-                Err(e) => e.to_string(),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {

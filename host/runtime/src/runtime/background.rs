@@ -3,7 +3,9 @@
 //! calling store's [`Background`] to start an export of the same component, with a *role*
 //! that only the host can give (the instance's host calls check it). It runs under the
 //! component's policy and memory limit, with no call deadline (the capability ends it), and
-//! yields at every epoch tick like any call.
+//! yields at every epoch tick like any call. Every store of a component, for a call or in the
+//! background, is made here ([`Background::store`]), so both get the same policy, limits and
+//! services.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +62,23 @@ impl Background {
         }))
     }
 
+    /// A new store of the component for `session`, under its policy and limits, able to start
+    /// background instances itself. Every instance of the component lives in one of these.
+    pub(crate) fn store(&self, session: Option<u64>) -> anyhow::Result<Store<HostState>> {
+        let inner = &self.0;
+        let mut state = HostState::new(
+            inner.policy.clone(),
+            inner.events.clone(),
+            inner.services.clone(),
+            session,
+            inner.determinism,
+        )?;
+        state.grants.background = Some(self.clone());
+        let mut store = Store::new(&inner.engine, state);
+        store.limiter(|state| &mut state.limits);
+        Ok(store)
+    }
+
     /// The component's id.
     pub fn component(&self) -> &str {
         &self.0.policy.component_id
@@ -80,18 +99,8 @@ impl Background {
                 inner.policy.component_id
             )
         })?;
-        let mut state = HostState::new(
-            inner.policy.clone(),
-            inner.events.clone(),
-            inner.services.clone(),
-            None,
-            inner.determinism,
-        )
-        .map_err(|e| format!("{e:#}"))?;
-        state.grants.role = Some(role);
-        state.grants.background = Some(self.clone());
-        let mut store = Store::new(&inner.engine, state);
-        store.limiter(|state| &mut state.limits);
+        let mut store = self.store(None).map_err(|e| format!("{e:#}"))?;
+        store.data_mut().grants.role = Some(role);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         store.set_epoch_deadline(1);
         Ok(async move {

@@ -141,19 +141,10 @@ impl Runtime {
         loaded: &Loaded,
         session: Option<u64>,
     ) -> Result<Store<HostState>, CallError> {
-        let state = HostState::new(
-            loaded.policy.clone(),
-            self.events.clone(),
-            loaded.services.clone(),
-            session,
-            self.config.determinism,
-        )
-        .map_err(|e| CallError::Host(format!("{e:#}")))?;
-        let mut state = state;
-        state.grants.background = Some(loaded.background.clone());
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
-        Ok(store)
+        loaded
+            .background
+            .store(session)
+            .map_err(|e| CallError::Host(format!("{e:#}")))
     }
 }
 

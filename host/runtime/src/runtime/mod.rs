@@ -192,8 +192,6 @@ struct Entry {
 
 struct Loaded {
     policy: Arc<Policy>,
-    /// The services of the capabilities its policy grants.
-    services: Services,
     pre: InstancePre<HostState>,
     functions: BTreeMap<String, Function>,
     persistent: Option<tokio::sync::Mutex<Option<Live>>>,
@@ -513,12 +511,11 @@ impl Runtime {
                 .collect(),
             policy.clone(),
             self.events.clone(),
-            services.clone(),
+            services,
             self.config.determinism,
         );
         Ok((
             Loaded {
-                services,
                 policy,
                 pre,
                 functions,

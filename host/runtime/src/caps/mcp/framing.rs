@@ -17,63 +17,63 @@ pub enum Framed {
     },
 }
 
-/// Splits newline-delimited messages; blank lines are skipped.
-pub struct Lines {
-    line: Vec<u8>,
+/// One message being read, never more than [`MAX_MESSAGE_BYTES`] of it: past the cap it is
+/// skipped as it streams, keeping only its top-level `id`.
+#[derive(Default)]
+pub struct Capped {
+    bytes: Vec<u8>,
     /// Set while skipping a message over the cap.
     skipping: Option<IdScanner>,
 }
 
-impl Default for Lines {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Lines {
-    pub fn new() -> Self {
-        Self {
-            line: Vec::new(),
-            skipping: None,
+impl Capped {
+    pub fn push(&mut self, bytes: &[u8]) {
+        match &mut self.skipping {
+            Some(scanner) => scanner.feed(bytes),
+            None if self.bytes.len() + bytes.len() > MAX_MESSAGE_BYTES => {
+                let mut scanner = IdScanner::default();
+                scanner.feed(&self.bytes);
+                scanner.feed(bytes);
+                self.bytes = Vec::new();
+                self.skipping = Some(scanner);
+            }
+            None => self.bytes.extend_from_slice(bytes),
         }
     }
 
-    /// Feeds `bytes`; returns the messages they complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Framed> {
-        let mut out = Vec::new();
-        for (part, ended) in pieces(bytes) {
-            match &mut self.skipping {
-                Some(scanner) => scanner.feed(part),
-                None if self.line.len() + part.len() > MAX_MESSAGE_BYTES => {
-                    let mut scanner = IdScanner::default();
-                    scanner.feed(&self.line);
-                    scanner.feed(part);
-                    self.line = Vec::new();
-                    self.skipping = Some(scanner);
-                }
-                None => self.line.extend_from_slice(part),
-            }
-            if ended {
-                if let Some(framed) = self.finish() {
-                    out.push(framed);
-                }
-            }
-        }
-        out
-    }
-
-    fn finish(&mut self) -> Option<Framed> {
+    /// The message read so far (none when it is blank), and a fresh start.
+    pub fn take(&mut self) -> Option<Framed> {
         if let Some(scanner) = self.skipping.take() {
             return Some(Framed::Refused {
                 id: scanner.id(),
                 why: too_large(),
             });
         }
-        let line = std::mem::take(&mut self.line);
-        if line.iter().all(u8::is_ascii_whitespace) {
+        let bytes = std::mem::take(&mut self.bytes);
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        Some(text(line))
+        Some(text(bytes))
+    }
+}
+
+/// Splits newline-delimited messages; blank lines are skipped.
+#[derive(Default)]
+pub struct Lines {
+    line: Capped,
+}
+
+impl Lines {
+    /// Feeds `bytes`; returns the messages they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Framed> {
+        let mut out = Vec::new();
+        for (part, ended) in pieces(bytes) {
+            self.line.push(part);
+            if ended {
+                out.extend(self.line.take());
+            }
+        }
+        out
     }
 }
 
@@ -116,50 +116,16 @@ fn text(bytes: Vec<u8>) -> Framed {
     }
 }
 
-/// A body that is one message however it is laid out (`application/json`).
-#[derive(Default)]
-pub struct Whole {
-    bytes: Vec<u8>,
-    skipping: Option<IdScanner>,
-}
-
-impl Whole {
-    pub fn feed(&mut self, bytes: &[u8]) {
-        match &mut self.skipping {
-            Some(scanner) => scanner.feed(bytes),
-            None if self.bytes.len() + bytes.len() > MAX_MESSAGE_BYTES => {
-                let mut scanner = IdScanner::default();
-                scanner.feed(&self.bytes);
-                scanner.feed(bytes);
-                self.bytes = Vec::new();
-                self.skipping = Some(scanner);
-            }
-            None => self.bytes.extend_from_slice(bytes),
-        }
-    }
-
-    pub fn finish(self) -> Option<Framed> {
-        if let Some(scanner) = self.skipping {
-            return Some(Framed::Refused {
-                id: scanner.id(),
-                why: too_large(),
-            });
-        }
-        if self.bytes.iter().all(u8::is_ascii_whitespace) {
-            return None;
-        }
-        Some(text(self.bytes))
-    }
-}
-
 /// Splits a `text/event-stream` body into the `data` of its events (only `message` events, the
 /// default type, carry MCP messages).
 #[derive(Default)]
 pub struct Events {
+    /// The current field line, while it fits.
     lines: Vec<u8>,
-    data: Vec<u8>,
+    /// The current line is a `data` line too long to hold: the rest of it streams into `data`.
+    long_data_line: bool,
+    data: Capped,
     has_data: bool,
-    skipping: Option<IdScanner>,
     event_type: Vec<u8>,
 }
 
@@ -167,18 +133,18 @@ impl Events {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Framed> {
         let mut out = Vec::new();
         for (part, ended) in pieces(bytes) {
-            // A field line longer than the cap can only be an oversized `data` line.
-            if self.lines.len() + part.len() > MAX_MESSAGE_BYTES + 16 {
-                let scanner = self.skipping.get_or_insert_with(IdScanner::default);
-                let start = if self.lines.starts_with(b"data:") {
-                    5
-                } else {
-                    0
-                };
-                scanner.feed(self.lines.get(start..).unwrap_or_default());
-                scanner.feed(part);
-                self.lines.clear();
-                self.has_data = true;
+            // A field line longer than the cap can only be an oversized `data` line: the rest
+            // of it goes to the message, which skips it keeping the `id`.
+            if !self.long_data_line && self.lines.len() + part.len() > MAX_MESSAGE_BYTES + 16 {
+                let line = std::mem::take(&mut self.lines);
+                let value = line.strip_prefix(b"data:").unwrap_or(&line);
+                self.start_data_line();
+                self.data.push(value.strip_prefix(b" ").unwrap_or(value));
+                self.long_data_line = true;
+            }
+            if self.long_data_line {
+                self.data.push(part);
+                self.long_data_line = !ended;
                 continue;
             }
             self.lines.extend_from_slice(part);
@@ -212,21 +178,8 @@ impl Events {
         };
         match field {
             b"data" => {
-                if let Some(scanner) = &mut self.skipping {
-                    scanner.feed(value);
-                } else if self.data.len() + value.len() + 1 > MAX_MESSAGE_BYTES {
-                    let mut scanner = IdScanner::default();
-                    scanner.feed(&self.data);
-                    scanner.feed(value);
-                    self.data.clear();
-                    self.skipping = Some(scanner);
-                } else {
-                    if self.has_data {
-                        self.data.push(b'\n');
-                    }
-                    self.data.extend_from_slice(value);
-                }
-                self.has_data = true;
+                self.start_data_line();
+                self.data.push(value);
             }
             b"event" => self.event_type = value.to_vec(),
             _ => {}
@@ -234,23 +187,25 @@ impl Events {
         None
     }
 
+    /// A `data` line begins: lines of one event are joined with a newline.
+    fn start_data_line(&mut self) {
+        if self.has_data {
+            self.data.push(b"\n");
+        }
+        self.has_data = true;
+    }
+
     fn dispatch(&mut self) -> Option<Framed> {
-        let data = std::mem::take(&mut self.data);
+        let message = self.data.take();
         let has_data = std::mem::take(&mut self.has_data);
         let event_type = std::mem::take(&mut self.event_type);
-        if let Some(scanner) = self.skipping.take() {
-            return Some(Framed::Refused {
-                id: scanner.id(),
-                why: too_large(),
-            });
+        let wanted = event_type.is_empty() || event_type == b"message";
+        match message {
+            // A refusal is told whatever the event's type: a call may be waiting for it.
+            Some(refused @ Framed::Refused { .. }) => Some(refused),
+            message if has_data && wanted => message,
+            _ => None,
         }
-        if !has_data || !(event_type.is_empty() || event_type == b"message") {
-            return None;
-        }
-        if data.iter().all(u8::is_ascii_whitespace) {
-            return None;
-        }
-        Some(text(data))
     }
 }
 
@@ -383,7 +338,7 @@ mod tests {
 
     #[test]
     fn lines_over_the_cap_are_refused_with_their_id_and_the_next_ones_still_come() {
-        let mut lines = Lines::new();
+        let mut lines = Lines::default();
         let big = format!(
             "{{\"result\":{{\"text\":\"{}\"}},\"jsonrpc\":\"2.0\",\"id\":7}}\n",
             "x".repeat(MAX_MESSAGE_BYTES)
@@ -403,24 +358,24 @@ mod tests {
                 Framed::Message("{\"id\":8}".into())
             ]
         );
-        assert!(lines.line.capacity() <= 2 * MAX_MESSAGE_BYTES);
+        assert!(lines.line.bytes.capacity() <= 2 * MAX_MESSAGE_BYTES);
     }
 
     #[test]
     fn a_json_body_is_one_message_however_it_is_laid_out() {
-        let mut whole = Whole::default();
-        whole.feed(b"{\n  \"id\": 1,\n");
-        whole.feed(b"  \"result\": {}\n}\n");
+        let mut whole = Capped::default();
+        whole.push(b"{\n  \"id\": 1,\n");
+        whole.push(b"  \"result\": {}\n}\n");
         assert_eq!(
-            whole.finish(),
+            whole.take(),
             Some(Framed::Message(
                 "{\n  \"id\": 1,\n  \"result\": {}\n}\n".into()
             ))
         );
-        let mut big = Whole::default();
-        big.feed(b"{\"id\": 2, \"result\": \"");
-        big.feed(&vec![b'x'; MAX_MESSAGE_BYTES]);
-        assert!(matches!(big.finish(), Some(Framed::Refused { id: Some(id), .. }) if id == "2"));
+        let mut big = Capped::default();
+        big.push(b"{\"id\": 2, \"result\": \"");
+        big.push(&vec![b'x'; MAX_MESSAGE_BYTES]);
+        assert!(matches!(big.take(), Some(Framed::Refused { id: Some(id), .. }) if id == "2"));
     }
 
     #[test]
@@ -445,5 +400,18 @@ mod tests {
             out.extend(events.feed(chunk));
         }
         assert!(matches!(&out[..], [Framed::Refused { id: Some(id), .. }] if id == "3"));
+        // The id at the end of an oversized line (as the TypeScript SDK writes it) is kept too.
+        let big = format!(
+            "data: {{\"r\":\"{}\",\"id\":4}}\n\ndata: {{\"id\":5}}\n\n",
+            "y".repeat(MAX_MESSAGE_BYTES)
+        );
+        let mut out = Vec::new();
+        for chunk in big.as_bytes().chunks(1000) {
+            out.extend(events.feed(chunk));
+        }
+        assert!(
+            matches!(&out[..], [Framed::Refused { id: Some(id), .. }, Framed::Message(m)] if id == "4" && m == "{\"id\":5}"),
+            "{out:?}"
+        );
     }
 }

@@ -21,7 +21,6 @@ mod tests;
 mod transport;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -294,6 +293,24 @@ pub enum State {
     Failed,
 }
 
+/// What the policy allows of a transport.
+enum Allowed {
+    /// The program, directory and environment a stdio server gets.
+    Stdio(super::process::Checked),
+    /// The URL, and whether its grant names a private address.
+    Http { url: url::Url, private_ok: bool },
+}
+
+impl Allowed {
+    /// The program's host path (stdio).
+    fn program_path(&self) -> Option<String> {
+        match self {
+            Allowed::Stdio(checked) => Some(checked.program.display().to_string()),
+            Allowed::Http { .. } => None,
+        }
+    }
+}
+
 /// A change waiting for a person.
 #[derive(Clone)]
 struct Pending {
@@ -323,6 +340,8 @@ struct Server {
 struct Connection {
     /// `mcp/<component>/<id>/<n>`: what the driver's store is told it is.
     role: String,
+    /// The server's id.
+    server_id: String,
     link: Link,
     inbox: mpsc::Sender<Incoming>,
     inbox_rx: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
@@ -414,8 +433,14 @@ impl McpService {
         Ok(server.stderr.text())
     }
 
-    /// Checks a transport against the policy; returns the program's host path (stdio).
-    fn check(&self, policy: &Policy, transport: &Transport) -> Result<Option<String>, GuestError> {
+    /// Checks a transport against the policy, a stdio server with the variables it would get
+    /// (`resolved`; none: its templates).
+    fn check(
+        &self,
+        policy: &Policy,
+        transport: &Transport,
+        resolved: Option<&[(String, String)]>,
+    ) -> Result<Allowed, GuestError> {
         let grant = policy.grant::<McpGrant>().ok_or_else(|| {
             GuestError::Denied(super::denial(
                 &policy.component_id,
@@ -443,22 +468,23 @@ impl McpService {
                     program,
                     cwd.as_deref(),
                     env,
-                    env,
+                    resolved.unwrap_or(env),
                     &self.own_files,
                     &policy.source,
                 )
                 .map_err(GuestError::from)?;
-                Ok(Some(checked.program.display().to_string()))
+                Ok(Allowed::Stdio(checked))
             }
             Transport::Http { url, .. } => {
-                let parsed = parse_url(url)?;
-                if !grant.urls.iter().any(|p| p.matches(&parsed)) {
+                let url = parse_url(url)?;
+                let Some(pattern) = grant.urls.iter().find(|p| p.matches(&url)) else {
                     return Err(GuestError::Denied(format!(
                         "`transport.url`: {url} does not match grants.mcp.urls of {}",
                         policy.source.display()
                     )));
-                }
-                Ok(None)
+                };
+                let private_ok = pattern.origin.names_private_address();
+                Ok(Allowed::Http { url, private_ok })
             }
         }
     }
@@ -474,7 +500,7 @@ impl McpService {
     ) -> Result<GuestServer, GuestError> {
         check_id(&id)?;
         check_name(&name)?;
-        let program_path = self.check(policy, &transport).inspect_err(|e| {
+        let program_path = self.check(policy, &transport, None).map(|a| a.program_path()).inspect_err(|e| {
             tracing::warn!(target: "capbridge::audit", component = %policy.component_id, server = %id, "MCP server refused: {}", error_text(e));
         })?;
         let component = policy.component_id.clone();
@@ -516,7 +542,7 @@ impl McpService {
             check_name(name)?;
         }
         let program_path = match &transport {
-            Some(t) => self.check(policy, t)?,
+            Some(t) => self.check(policy, t, None)?.program_path(),
             None => None,
         };
         let component = policy.component_id.clone();
@@ -781,8 +807,18 @@ impl McpService {
                     after - now_ms()
                 )));
             }
-            // The policy may have changed since the approval: check again.
-            let program_path = self.check(policy, &entry.transport)?;
+            // The policy may have changed since the approval: check again, with the values
+            // given now.
+            let resolved = match &entry.transport {
+                Transport::Stdio { env: template, .. } => resolve("env", template, env)?,
+                Transport::Http {
+                    headers: template, ..
+                } => resolve("headers", template, headers)?,
+            };
+            let allowed = self.check(policy, &entry.transport, Some(&resolved))?;
+            // The file that starts is the one the person approved, whatever the resolved
+            // variables (a PATH filled at connect) find.
+            let program_path = allowed.program_path();
             if program_path != entry.program_path {
                 return Err(GuestError::Denied(format!(
                     "`transport.program` now finds {}, not {} as approved: register it again",
@@ -797,45 +833,16 @@ impl McpService {
                 let (this, k, role) = (self.this.clone(), k.clone(), role.clone());
                 Arc::new(move |why| {
                     if let Some(this) = this.upgrade() {
-                        this.gone(&k, &role, why);
+                        this.fail(&k, &role, why);
                     }
                 })
             };
-            let link = match &entry.transport {
-                Transport::Stdio {
-                    args,
-                    cwd,
-                    env: template_env,
-                    ..
-                } => {
-                    let resolved = resolve("env", template_env, env)?;
-                    let grant = policy.grant::<McpGrant>().expect("checked above");
-                    let checked = check_launch(
-                        &grant.launch,
-                        "grants.mcp",
-                        "transport",
-                        &program_of(&entry.transport),
-                        cwd.as_deref(),
-                        template_env,
-                        &resolved,
-                        &self.own_files,
-                        &policy.source,
-                    )
-                    .map_err(GuestError::from)?;
-                    // The file that starts is the one the person approved, whatever the
-                    // resolved variables (a PATH filled at connect) find.
-                    let started = checked.program.display().to_string();
-                    if entry.program_path.as_deref() != Some(started.as_str()) {
-                        return Err(GuestError::Denied(format!(
-                            "`transport.program` now finds {started}, not {} as approved: \
-                             register it again",
-                            entry.program_path.as_deref().unwrap_or_default()
-                        )));
-                    }
+            let link = match (allowed, &entry.transport) {
+                (Allowed::Stdio(checked), Transport::Stdio { args, .. }) => {
                     server.stderr = Arc::new(StderrLog::default());
                     Link::stdio(
                         StdioLaunch {
-                            program: PathBuf::from(&checked.program),
+                            program: checked.program,
                             args: args.clone(),
                             cwd: checked.cwd,
                             env: checked.env,
@@ -845,31 +852,23 @@ impl McpService {
                         gone,
                     )
                 }
-                Transport::Http {
-                    url,
-                    headers: template_headers,
-                } => {
-                    let headers = resolve("headers", template_headers, headers)?;
-                    let url = parse_url(url)?;
-                    let grant = policy.grant::<McpGrant>().expect("checked above");
-                    let private_ok = grant
-                        .urls
-                        .iter()
-                        .any(|p| p.matches(&url) && p.origin.names_private_address());
-                    Link::http(
-                        HttpTarget {
-                            url,
-                            headers,
-                            private_ok,
-                        },
-                        inbox.clone(),
-                        gone,
-                    )
+                (Allowed::Http { url, private_ok }, _) => Link::http(
+                    HttpTarget {
+                        url,
+                        headers: resolved,
+                        private_ok,
+                    },
+                    inbox.clone(),
+                    gone,
+                ),
+                (Allowed::Stdio(_), Transport::Http { .. }) => {
+                    unreachable!("a stdio check is of a stdio transport")
                 }
             }
             .map_err(|e| GuestError::Unavailable(format!("MCP server `{id}`: {e}")))?;
             let connection = Arc::new(Connection {
                 role: role.clone(),
+                server_id: id.to_string(),
                 link,
                 inbox,
                 inbox_rx: tokio::sync::Mutex::new(inbox_rx),
@@ -972,11 +971,6 @@ impl McpService {
         let connection = connection.clone();
         tokio::spawn(async move { connection.end().await });
         true
-    }
-
-    /// The transport reports the server gone.
-    fn gone(&self, k: &Key, role: &str, why: String) {
-        self.fail(k, role, why);
     }
 
     /// The driver returned (or trapped).
@@ -1090,13 +1084,6 @@ impl McpService {
             json!({ "serverId": k.1, "protocolVersion": version, "serverInfo": info }),
         );
         connection.ready.send_replace(Some(Ok(version)));
-    }
-
-    fn server_id_of(&self, role: &str) -> Option<String> {
-        self.lock()
-            .iter()
-            .find(|(_, s)| s.connection.as_ref().is_some_and(|c| c.role == role))
-            .map(|((_, id), _)| id.clone())
     }
 }
 
@@ -1316,13 +1303,6 @@ fn error_text(e: &GuestError) -> String {
         | GuestError::NotFound(m)
         | GuestError::Conflict(m)
         | GuestError::TooLarge(m) => m.clone(),
-    }
-}
-
-fn program_of(transport: &Transport) -> String {
-    match transport {
-        Transport::Stdio { program, .. } => program.clone(),
-        Transport::Http { .. } => String::new(),
     }
 }
 
@@ -1719,8 +1699,7 @@ impl Host for HostState {
 
     async fn progress(&mut self, ticket: u64, payload: String) -> wasmtime::Result<()> {
         let service = self.mcp()?;
-        let role = self.grants.role.clone();
-        let Ok(connection) = service.driving(role.as_deref()) else {
+        let Ok(connection) = service.driving(self.grants.role.as_deref()) else {
             return Ok(());
         };
         let Some(session) = connection
@@ -1739,9 +1718,7 @@ impl Host for HostState {
         let Ok(serde_json::Value::Object(mut payload)) = serde_json::from_str(&payload) else {
             return Ok(());
         };
-        if let Some(id) = service.server_id_of(role.as_deref().unwrap_or_default()) {
-            payload.insert("serverId".into(), id.into());
-        }
+        payload.insert("serverId".into(), connection.server_id.clone().into());
         // Progress is the calling session's; outside a session (CLI, tests) it reaches everyone.
         service.publish("mcp.call.progress", session, payload.into());
         Ok(())
@@ -1761,11 +1738,7 @@ impl Host for HostState {
 
     async fn tools_changed(&mut self) -> wasmtime::Result<()> {
         let service = self.mcp()?;
-        let role = self.grants.role.as_deref();
-        let (Ok(connection), Some(id)) = (
-            service.driving(role),
-            role.and_then(|role| service.server_id_of(role)),
-        ) else {
+        let Ok(connection) = service.driving(self.grants.role.as_deref()) else {
             return Ok(());
         };
         let due = {
@@ -1778,6 +1751,7 @@ impl Host for HostState {
             due
         };
         if due {
+            let id = &connection.server_id;
             service.publish("mcp.tools.changed", None, json!({ "serverId": id }));
         }
         Ok(())

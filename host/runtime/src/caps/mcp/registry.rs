@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state_file::StateFile;
+use crate::state_file::{StateFile, VERSION};
 
 /// The registry file's name in the state directory.
 pub const FILE_NAME: &str = "mcp-servers.json";
@@ -64,19 +64,14 @@ impl Registry {
     /// Opens the registry under `dir` and reads what it holds.
     pub fn open(dir: &Path) -> (Self, Vec<Entry>) {
         let file = StateFile::new(dir, FILE_NAME, "MCP server registry");
-        let entries = file
-            .read::<File>(|f| match f.version {
-                1 => Ok(()),
-                v => Err(format!("unknown version {v}")),
-            })
-            .map_or_else(Vec::new, |f| f.servers);
+        let entries = file.read::<File>().map_or_else(Vec::new, |f| f.servers);
         (Self { file }, entries)
     }
 
     /// Replaces the file atomically with `entries`.
     pub fn save<'a>(&self, entries: impl Iterator<Item = &'a Entry>) -> Result<(), String> {
         self.file.write(&File {
-            version: 1,
+            version: VERSION,
             servers: entries.cloned().collect(),
         })
     }

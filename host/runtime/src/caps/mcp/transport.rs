@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::framing::{Events, Framed, Lines, Whole, MAX_MESSAGE_BYTES};
+use super::framing::{Capped, Events, Framed, Lines, MAX_MESSAGE_BYTES};
 use crate::caps::process::{contained, signal_group, TERM_GRACE};
 
 /// What a server's stderr keeps: its last 64 KiB.
@@ -148,7 +148,7 @@ impl Link {
             let inbox = inbox.clone();
             let child = child.clone();
             tokio::spawn(async move {
-                let mut lines = Lines::new();
+                let mut lines = Lines::default();
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
                     let n = match stdout.read(&mut buf).await {
@@ -361,11 +361,11 @@ impl Link {
                     let mut body = response.bytes_stream();
                     if !stream {
                         // One JSON message, however it is laid out.
-                        let mut whole = Whole::default();
+                        let mut whole = Capped::default();
                         while let Some(Ok(chunk)) = body.next().await {
-                            whole.feed(&chunk);
+                            whole.push(&chunk);
                         }
-                        if let Some(framed) = whole.finish() {
+                        if let Some(framed) = whole.take() {
                             let _ = inbox.send(incoming(framed)).await;
                         }
                         return;

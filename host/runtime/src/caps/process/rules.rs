@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::Command;
-use crate::state_file::{random_hex, StateFile};
+use crate::state_file::{random_hex, StateFile, VERSION};
 
 /// The rules file's name in the state directory.
 pub const FILE_NAME: &str = "command-rules.json";
@@ -51,12 +51,7 @@ impl RuleStore {
     /// starts empty: a broken file must not be taken for permission.
     pub fn open(dir: &Path) -> Self {
         let file = StateFile::new(dir, FILE_NAME, "whitelist rules");
-        let rules = file
-            .read::<File>(|f| match f.version {
-                1 => Ok(()),
-                v => Err(format!("unknown version {v}")),
-            })
-            .map_or_else(Vec::new, |f| f.rules);
+        let rules = file.read::<File>().map_or_else(Vec::new, |f| f.rules);
         Self {
             file,
             rules: Mutex::new(rules),
@@ -159,7 +154,7 @@ impl RuleStore {
     /// Replaces the file atomically with `rules`.
     fn save(&self, rules: &[Rule]) -> Result<(), String> {
         self.file.write(&File {
-            version: 1,
+            version: VERSION,
             rules: rules.to_vec(),
         })
     }
