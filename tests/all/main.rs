@@ -3,9 +3,8 @@
 //! file. See `tests/README.md` for what each module covers.
 //!
 //! The modules' tests share one process, as threads of one test harness; before, each file was
-//! its own binary, and the binaries ran one after the other. Process-wide state is shared: the
-//! tracing subscriber (installed once, by `capbridge_tests::init_tracing`), environment
-//! variables (a test sets only names no other test reads), and the machine's cores — hence
+//! its own binary, and the binaries ran one after the other. Process-wide state is shared:
+//! environment variables (a test sets only names no other test reads), and the machine's cores — hence
 //! [`chromium_running`] and [`without_chromium`].
 
 mod api;

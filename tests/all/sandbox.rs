@@ -542,7 +542,6 @@ async fn an_infinite_loop_is_stopped_at_its_deadline_while_other_calls_are_serve
     // A caller may ask for a shorter deadline, never a longer one.
     let options = CallOptions {
         deadline: Some(Duration::from_millis(100)),
-        record: false,
         session: None,
     };
     match runtime.call("probe", "spin", &json!({}), &options).await {
@@ -551,7 +550,6 @@ async fn an_infinite_loop_is_stopped_at_its_deadline_while_other_calls_are_serve
     }
     let options = CallOptions {
         deadline: Some(Duration::from_secs(3600)),
-        record: false,
         session: None,
     };
     match runtime

@@ -2,7 +2,6 @@
 //! `cargo xtask build`), loaded into a real runtime from a temporary components/policy layout.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
 use capbridge_runtime::{ComponentStatus, Runtime, RuntimeConfig};
 
@@ -49,16 +48,6 @@ pub fn shared_cache_dir() -> PathBuf {
     root().join("target/test-compile-cache")
 }
 
-/// Installs a tracing subscriber with the host-call recorder (once per test binary).
-pub fn init_tracing() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        let subscriber = tracing_subscriber::registry().with(capbridge_runtime::recorder::layer());
-        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in tests");
-    });
-}
-
 /// A temporary components directory and policy directory.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -72,7 +61,6 @@ impl Default for Fixture {
 
 impl Fixture {
     pub fn new() -> Self {
-        init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("components")).expect("components dir");
         std::fs::create_dir(dir.path().join("policy")).expect("policy dir");
@@ -110,7 +98,7 @@ impl Fixture {
             components_dir: self.components_dir(),
             policy_dir: self.policy_dir(),
             cache_dir: shared_cache_dir(),
-            determinism: None,
+            record_dir: None,
             picker: capbridge_runtime::caps::dialog::Picker::Headless,
             own_files: Default::default(),
             state_dir: self.path().join("state"),

@@ -21,7 +21,7 @@ fn shared() -> (Arc<Shared>, tempfile::TempDir) {
         components_dir: dir.path().join("components"),
         policy_dir: dir.path().join("policy"),
         cache_dir: dir.path().join("cache"),
-        determinism: None,
+        record_dir: None,
         picker: Picker::Headless,
         own_files: Default::default(),
         state_dir: dir.path().join("state"),

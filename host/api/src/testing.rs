@@ -34,7 +34,7 @@ impl TestBridge {
             components_dir: sub("components"),
             policy_dir: sub("policy"),
             cache_dir: sub("cache"),
-            determinism: None,
+            record_dir: None,
             picker: Picker::Headless,
             own_files: Default::default(),
             state_dir: dir.path().join("state"),

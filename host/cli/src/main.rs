@@ -17,6 +17,7 @@ use capbridge_runtime::{
 use clap::{Parser, Subcommand};
 
 mod prompts;
+mod replay;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
@@ -52,6 +53,10 @@ enum Command {
         /// Dev mode for this run: also allow the config's loopback `dev-origins`.
         #[arg(long)]
         dev: bool,
+        /// Record every call made through the contract into DIR, one trace file each
+        /// (`DIR/<component>/<time>-<function>.trace.json`), to replay with `capbridge replay`.
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
     },
     /// Show or change the bridge config file.
     #[command(subcommand)]
@@ -62,6 +67,24 @@ enum Command {
     /// Check and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run a component with every host call answered from a recorded trace (nothing real is
+    /// touched); fail with the first divergence.
+    Replay {
+        /// The trace file (`component call --record`, `serve --record`).
+        trace: PathBuf,
+        /// The component to replay [default: `<components dir>/<trace's component id>.wasm`]
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+    },
+    /// Replay every trace (`*.trace.json`) under DIR/tests: a component's recorded tests.
+    Test {
+        /// The component's folder [default: .]
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The component to replay [default: `<components dir>/<trace's component id>.wasm`]
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+    },
     /// Answer the prompts of a running `capbridge serve` (commands and MCP server registrations
     /// waiting for your approval), from any terminal of the same user.
     Prompts {
@@ -104,9 +127,10 @@ enum ComponentCommand {
         /// Arguments as a JSON object keyed by parameter name.
         #[arg(default_value = "{}")]
         args: String,
-        /// Also print every host call the component made.
-        #[arg(long)]
-        record: bool,
+        /// Record the call and every host call it made into FILE (a trace to replay with
+        /// `capbridge replay FILE`).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
     },
 }
 
@@ -144,7 +168,6 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 ),
         )
-        .with(capbridge_runtime::recorder::layer())
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -221,11 +244,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // call's business.
             let runtime = load_where(config, |id| id == component)?;
             let tokio = tokio::runtime::Runtime::new()?;
-            let options = CallOptions {
-                record,
-                ..CallOptions::default()
+            let options = CallOptions::default();
+            let outcome = match record {
+                None => tokio.block_on(runtime.call(&component, &function, &args, &options))?,
+                Some(file) => {
+                    let (trace, outcome) =
+                        tokio.block_on(runtime.record(&component, &function, &args, &options))?;
+                    trace.save(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    eprintln!(
+                        "recorded {} host calls into {}",
+                        trace.host_calls.len(),
+                        file.display()
+                    );
+                    outcome?
+                }
             };
-            let outcome = tokio.block_on(runtime.call(&component, &function, &args, &options))?;
             if !outcome.stdout.bytes.is_empty() {
                 eprintln!(
                     "--- stdout ---\n{}",
@@ -238,24 +271,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     String::from_utf8_lossy(&outcome.stderr.bytes)
                 );
             }
-            for call in &outcome.host_calls {
-                let inputs: Vec<String> = call
-                    .inputs
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                eprintln!(
-                    "host call {}#{}({}) -> {}",
-                    call.interface,
-                    call.function,
-                    inputs.join(", "),
-                    call.output.as_deref().unwrap_or("(no return)")
-                );
-            }
             println!("{}", serde_json::to_string_pretty(&outcome.result)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { port, dev } => serve(config, &config_file?, port, dev),
+        Command::Replay { trace, wasm } => replay::replay_one(config, &trace, wasm.as_deref()),
+        Command::Test { dir, wasm } => replay::test_dir(config, &dir, wasm.as_deref()),
+        Command::Serve { port, dev, record } => {
+            let config = RuntimeConfig {
+                record_dir: record,
+                ..config
+            };
+            serve(config, &config_file?, port, dev)
+        }
         Command::Prompts { port, command } => {
             let port = match port {
                 Some(port) => port,
@@ -500,7 +527,7 @@ fn runtime_config(cli: &Cli, config_file: Option<&Path>) -> anyhow::Result<Runti
             Some(dirs) => dirs.data_dir().join("state"),
             None => anyhow::bail!("no home directory: capbridge has nowhere to keep its state"),
         },
-        determinism: None,
+        record_dir: None,
         picker: caps::dialog::Picker::from_env(),
         own_files,
     })

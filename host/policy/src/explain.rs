@@ -14,6 +14,13 @@ const LARGE_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
 /// Environment variable names containing one of these (in any case) are flagged.
 const SECRET_WORDS: [&str; 5] = ["TOKEN", "SECRET", "KEY", "PASSWORD", "CREDENTIAL"];
 
+/// Whether an environment variable's name suggests a secret: `policy explain` flags it, and a
+/// recorded trace holds a placeholder instead of its value.
+pub fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_WORDS.iter().any(|w| upper.contains(w))
+}
+
 /// A plain-language summary of a policy for a reviewer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
@@ -106,8 +113,7 @@ impl Policy {
         lines.extend(self.explain_limits());
         lines.extend(self.explain_directories());
         for name in &self.environment {
-            let upper = name.to_ascii_uppercase();
-            let risk = SECRET_WORDS.iter().any(|w| upper.contains(w)).then(|| {
+            let risk = looks_secret(name).then(|| {
                 "the name suggests a secret; the component can read its value".to_string()
             });
             lines.push(ExplainLine::risky(

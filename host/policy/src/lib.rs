@@ -23,7 +23,7 @@ mod policy;
 pub mod testing;
 mod topic;
 
-pub use explain::{ExplainLine, Explanation};
+pub use explain::{looks_secret, ExplainLine, Explanation};
 pub use file::{
     Access, BaselineGrantsFile, DirectoryGrantFile, GrantsFile, InstanceMode, LimitsFile,
     PolicyFile, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MIB, DEFAULT_OUTPUT_BYTES,

@@ -8,7 +8,7 @@
 //! - [`caps`]: the capabilities, one unit per host interface, and [`caps::ALL`], their registry.
 //! - [`own_files`]: capbridge's own files and port, which no grant may reach.
 //! - [`values`]: the generic JSON ⇄ WIT conversion and JSON Schemas for exports.
-//! - [`recorder`]: the one layer every host import call passes through, able to record it.
+//! - [`replay`]: recording a call and its host calls into a trace, and replaying it offline.
 //! - [`runtime`]: discovery, loading and invocation with limits — the API the rest of capbridge uses.
 
 pub mod approvals;
@@ -18,7 +18,7 @@ pub mod engine;
 pub mod linker;
 pub mod output;
 pub mod own_files;
-pub mod recorder;
+pub mod replay;
 pub mod runtime;
 pub mod state;
 pub mod state_file;
@@ -32,5 +32,5 @@ pub use caps::events::{Event, Subscription};
 pub use caps::{GrantedPath, PathOrigin};
 pub use runtime::{
     CallError, CallOptions, CallOutcome, ComponentInfo, ComponentStatus, ExportInfo, LoadEvent,
-    Runtime, RuntimeConfig, Signature,
+    ReplayFailure, ReplayReport, Runtime, RuntimeConfig, Signature,
 };

@@ -2,14 +2,12 @@
 //! see (only the granted directories and environment variables), its limits, and its captured
 //! output.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use capbridge_policy::{Access, Policy};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::caps::events::EventBus;
@@ -43,6 +41,8 @@ pub struct HostState {
     pub(crate) grants: Grants,
     pub(crate) stdout: CappedOutput,
     pub(crate) stderr: CappedOutput,
+    /// While recording or replaying ([`crate::replay`]): what answers the host calls.
+    pub(crate) replay: Option<crate::replay::Session>,
 }
 
 /// The store's limits (memory and tables from the policy), remembering whether a memory growth
@@ -87,23 +87,12 @@ impl ResourceLimiter for Limits {
     }
 }
 
-/// Clocks and randomness fixed for replay: the same seed and start give the same values in
-/// the same order, so a recorded call can be run again and compared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Determinism {
-    /// Wall-clock time at the first read, as a duration since the Unix epoch.
-    pub wall_clock_start: Duration,
-    /// Seed of both the secure and the insecure random streams.
-    pub seed: u64,
-}
-
 impl HostState {
     pub fn new(
         policy: Arc<Policy>,
         events: EventBus,
         services: Services,
         session: Option<u64>,
-        determinism: Option<Determinism>,
     ) -> anyhow::Result<Self> {
         let output_cap = usize::try_from(policy.limits.output_bytes).unwrap_or(usize::MAX);
         let stdout = CappedOutput::new(output_cap);
@@ -134,14 +123,6 @@ impl HostState {
         for service in services.all() {
             service.prepare_store(&policy, session, &mut wasi);
         }
-        if let Some(determinism) = determinism {
-            let seed = determinism.seed.to_le_bytes().to_vec();
-            wasi.secure_random(wasmtime_wasi::Deterministic::new(seed.clone()))
-                .insecure_random(wasmtime_wasi::Deterministic::new(seed))
-                .insecure_random_seed(u128::from(determinism.seed))
-                .wall_clock(ReplayWallClock::new(determinism.wall_clock_start))
-                .monotonic_clock(ReplayMonotonicClock::default());
-        }
         let limits = Limits {
             inner: StoreLimitsBuilder::new()
                 .memory_size(usize::try_from(policy.limits.memory_bytes).unwrap_or(usize::MAX))
@@ -165,6 +146,7 @@ impl HostState {
             },
             stdout,
             stderr,
+            replay: None,
         })
     }
 }
@@ -185,48 +167,5 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             hooks: &mut self.network,
         }
-    }
-}
-
-/// Each read advances a replayed clock by this much, so time still moves forward.
-const REPLAY_CLOCK_STEP: Duration = Duration::from_millis(1);
-
-/// A wall clock that starts at a fixed instant and advances one step per read.
-struct ReplayWallClock {
-    start: Duration,
-    reads: AtomicU64,
-}
-
-impl ReplayWallClock {
-    fn new(start: Duration) -> Self {
-        Self {
-            start,
-            reads: AtomicU64::new(0),
-        }
-    }
-}
-
-impl HostWallClock for ReplayWallClock {
-    fn resolution(&self) -> Duration {
-        REPLAY_CLOCK_STEP
-    }
-    fn now(&self) -> Duration {
-        let reads = self.reads.fetch_add(1, Ordering::Relaxed);
-        self.start + REPLAY_CLOCK_STEP * u32::try_from(reads).unwrap_or(u32::MAX)
-    }
-}
-
-/// A monotonic clock that starts at zero and advances one step per read.
-#[derive(Default)]
-struct ReplayMonotonicClock {
-    reads: AtomicU64,
-}
-
-impl HostMonotonicClock for ReplayMonotonicClock {
-    fn resolution(&self) -> u64 {
-        REPLAY_CLOCK_STEP.as_nanos() as u64
-    }
-    fn now(&self) -> u64 {
-        self.reads.fetch_add(1, Ordering::Relaxed) * REPLAY_CLOCK_STEP.as_nanos() as u64
     }
 }

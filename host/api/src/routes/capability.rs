@@ -25,7 +25,6 @@ pub async fn call<T: DeserializeOwned>(
     // person, a tools inventory runs programs.
     let options = CallOptions {
         deadline: None,
-        record: false,
         session: Some(session.0),
     };
     let outcome = shared

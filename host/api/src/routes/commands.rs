@@ -187,7 +187,6 @@ pub async fn invoke(
         .unwrap_or(shared.config.command_timeout());
     let options = CallOptions {
         deadline: Some(deadline),
-        record: false,
         session: Some(session.0),
     };
     let outcome = shared

@@ -67,6 +67,17 @@ pub static ALL: &[&dyn Capability] = &[
 ];
 
 /// The policy halves of [`ALL`], for reading policy files.
+/// A policy granting nothing beyond the baseline, with the default limits (a replay's: every
+/// import is answered from the trace).
+pub fn baseline_policy(component_id: &str) -> Result<Policy, capbridge_policy::PolicyError> {
+    Policy::parse(
+        component_id,
+        std::path::Path::new("(nothing granted)"),
+        "version = 1\n",
+        &grant_kinds(),
+    )
+}
+
 pub fn grant_kinds() -> Vec<&'static dyn GrantKind> {
     ALL.iter().map(|c| *c as &dyn GrantKind).collect()
 }

@@ -16,7 +16,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 
 use crate::caps::events::EventBus;
 use crate::caps::Services;
-use crate::state::{Determinism, HostState};
+use crate::state::HostState;
 
 /// Starts background instances of one component; cheap to clone.
 #[derive(Clone)]
@@ -29,7 +29,6 @@ struct Inner {
     policy: Arc<Policy>,
     events: EventBus,
     services: Services,
-    determinism: Option<Determinism>,
 }
 
 /// How a background instance ended.
@@ -49,7 +48,6 @@ impl Background {
         policy: Arc<Policy>,
         events: EventBus,
         services: Services,
-        determinism: Option<Determinism>,
     ) -> Self {
         Self(Arc::new(Inner {
             engine,
@@ -58,7 +56,6 @@ impl Background {
             policy,
             events,
             services,
-            determinism,
         }))
     }
 
@@ -71,7 +68,6 @@ impl Background {
             inner.events.clone(),
             inner.services.clone(),
             session,
-            inner.determinism,
         )?;
         state.grants.background = Some(self.clone());
         let mut store = Store::new(&inner.engine, state);

@@ -16,6 +16,8 @@ use crate::values::{self, json_to_val, val_to_json};
 
 impl Runtime {
     /// Calls `function` of `component` with JSON `args` (an object keyed by parameter name).
+    /// With `record_dir` in the config, the call is also recorded there
+    /// (`<component>/<time>-<function>.trace.json`), unless the component is persistent.
     pub async fn call(
         &self,
         component: &str,
@@ -23,12 +25,42 @@ impl Runtime {
         args: &Value,
         options: &CallOptions,
     ) -> Result<CallOutcome, CallError> {
+        let (loaded, func, params) = self.prepare(component, function, args)?;
+        if let (Some(dir), None) = (&self.config.record_dir, &loaded.persistent) {
+            let (trace, outcome) = self
+                .record_prepared(&loaded, component, function, func, params, args, options)
+                .await?;
+            if let Err(error) = crate::replay::write_trace(dir, &trace) {
+                tracing::warn!(component, function, "trace not written: {error:#}");
+            }
+            return outcome;
+        }
+        let deadline = loaded.deadline(options);
+        let started = Instant::now();
+        let (result, stdout, stderr) = self
+            .run(&loaded, func, params, deadline, options.session)
+            .await?;
+        Ok(CallOutcome {
+            result: result_to_json(function, result)?,
+            stdout,
+            stderr,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// The loaded component, its export and the arguments as WIT values.
+    pub(super) fn prepare<'a>(
+        &'a self,
+        component: &str,
+        function: &str,
+        args: &Value,
+    ) -> Result<(&'a Loaded, &'a Function, Vec<Val>), CallError> {
         let entry = self
             .components
             .get(component)
             .ok_or_else(|| CallError::UnknownComponent(component.to_string()))?;
         let loaded = match (&entry.loaded, &entry.info.status) {
-            (Some(loaded), _) => loaded.clone(),
+            (Some(loaded), _) => loaded,
             (None, ComponentStatus::Failed { reason }) => {
                 return Err(CallError::NotLoaded {
                     component: component.to_string(),
@@ -62,37 +94,7 @@ impl Runtime {
             });
         }
         let params = params_from_json(&func.signature.params, args)?;
-        let deadline = options.deadline.map_or(loaded.policy.limits.deadline, |d| {
-            d.min(loaded.policy.limits.deadline)
-        });
-
-        if options.record && !crate::recorder::is_installed() {
-            return Err(CallError::Host(
-                "recording host calls needs capbridge_runtime::recorder::layer() in the tracing subscriber".into(),
-            ));
-        }
-        let started = Instant::now();
-        let run = self.run(&loaded, func, params, deadline, options.session);
-        let (outcome, host_calls) = if options.record {
-            crate::recorder::record(run).await
-        } else {
-            (run.await, Vec::new())
-        };
-        let (result, stdout, stderr) = outcome?;
-        let result = match result {
-            Some(val) => val_to_json(&val).map_err(|e| CallError::Unsupported {
-                function: function.to_string(),
-                reason: e.to_string(),
-            })?,
-            None => Value::Null,
-        };
-        Ok(CallOutcome {
-            result,
-            stdout,
-            stderr,
-            host_calls,
-            elapsed: started.elapsed(),
-        })
+        Ok((loaded, func, params))
     }
 
     async fn run(
@@ -136,7 +138,7 @@ impl Runtime {
         }
     }
 
-    fn new_store(
+    pub(super) fn new_store(
         &self,
         loaded: &Loaded,
         session: Option<u64>,
@@ -149,7 +151,7 @@ impl Runtime {
 }
 
 /// Instantiates (unless `instance` is given) and calls, all within `deadline`.
-async fn call_in_store(
+pub(super) async fn call_in_store(
     store: &mut Store<HostState>,
     instance: Option<Instance>,
     pre: &InstancePre<HostState>,
@@ -208,8 +210,22 @@ async fn call_in_store(
     }
 }
 
+/// The result as the contract's JSON (`null` for none).
+pub(super) fn result_to_json(function: &str, result: Option<Val>) -> Result<Value, CallError> {
+    match result {
+        Some(val) => val_to_json(&val).map_err(|e| CallError::Unsupported {
+            function: function.to_string(),
+            reason: e.to_string(),
+        }),
+        None => Ok(Value::Null),
+    }
+}
+
 /// Turns the JSON arguments object into positional parameters.
-fn params_from_json(params: &[(String, Type)], args: &Value) -> Result<Vec<Val>, CallError> {
+pub(super) fn params_from_json(
+    params: &[(String, Type)],
+    args: &Value,
+) -> Result<Vec<Val>, CallError> {
     let empty = serde_json::Map::new();
     let object = match args {
         Value::Object(o) => o,

@@ -15,19 +15,21 @@
 mod background;
 mod call;
 mod exports;
+mod record;
 
 pub use background::{Background, Ended};
+pub use record::{ReplayFailure, ReplayReport};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use capbridge_policy::{InstanceMode, Policy};
 use serde::Serialize;
 use serde_json::Value;
 use wasmtime::component::types::Type;
-use wasmtime::component::{ComponentExportIndex, Instance, InstancePre};
+use wasmtime::component::{ComponentExportIndex, Instance, InstancePre, Linker};
 use wasmtime::{Engine, Store};
 
 use crate::approvals::Approvals;
@@ -39,8 +41,8 @@ use crate::engine::{new_engine, EpochTicker};
 use crate::linker::{check_imports, granted_linker};
 use crate::output::CapturedOutput;
 use crate::own_files::OwnFiles;
-use crate::recorder::HostCall;
-use crate::state::{Determinism, HostState};
+use crate::replay::Recorder;
+use crate::state::HostState;
 use exports::{export_info, exported_functions, lookup_export};
 
 /// Where the runtime finds components, policies and its compile cache.
@@ -49,8 +51,9 @@ pub struct RuntimeConfig {
     pub components_dir: PathBuf,
     pub policy_dir: PathBuf,
     pub cache_dir: PathBuf,
-    /// Fixed clocks and randomness for every store (replay); `None` uses the real ones.
-    pub determinism: Option<Determinism>,
+    /// Record every call made with [`Runtime::call`] into this directory, one trace file each
+    /// (`capbridge serve --record DIR`); `None` records nothing.
+    pub record_dir: Option<PathBuf>,
     /// Where native pickers come from ([`Picker::from_env`]: the desktop portal when a display
     /// is present, none when headless).
     pub picker: Picker,
@@ -125,8 +128,6 @@ pub struct ExportInfo {
 pub struct CallOptions {
     /// A deadline shorter than the policy's `limits.deadline-ms`; longer ones are cut to it.
     pub deadline: Option<Duration>,
-    /// Record every host import call (see [`crate::recorder`]).
-    pub record: bool,
     /// The contract session the call is made for: awake holds are counted against it, and what
     /// it picked is mounted. `None` outside the contract (CLI, tests, benchmarks).
     pub session: Option<u64>,
@@ -140,7 +141,6 @@ pub struct CallOutcome {
     pub stdout: CapturedOutput,
     #[serde(skip)]
     pub stderr: CapturedOutput,
-    pub host_calls: Vec<HostCall>,
     pub elapsed: Duration,
 }
 
@@ -192,7 +192,12 @@ struct Entry {
 
 struct Loaded {
     policy: Arc<Policy>,
+    wasm_path: PathBuf,
+    /// The granted linker `pre` came from (a recording links its pass-through to it).
+    linker: Linker<HostState>,
     pre: InstancePre<HostState>,
+    /// Made at the first recording of a call.
+    recorder: OnceLock<Result<Arc<Recorder>, String>>,
     functions: BTreeMap<String, Function>,
     persistent: Option<tokio::sync::Mutex<Option<Live>>>,
     background: Background,
@@ -209,6 +214,15 @@ struct Function {
 pub struct Signature {
     pub params: Vec<(String, Type)>,
     pub result: Option<Type>,
+}
+
+impl Loaded {
+    /// The call's deadline: the caller's, cut to the policy's.
+    fn deadline(&self, options: &CallOptions) -> Duration {
+        options.deadline.map_or(self.policy.limits.deadline, |d| {
+            d.min(self.policy.limits.deadline)
+        })
+    }
 }
 
 /// The one instance of a persistent component.
@@ -512,12 +526,14 @@ impl Runtime {
             policy.clone(),
             self.events.clone(),
             services,
-            self.config.determinism,
         );
         Ok((
             Loaded {
                 policy,
+                wasm_path: info.wasm_path.clone(),
+                linker,
                 pre,
+                recorder: OnceLock::new(),
                 functions,
                 persistent,
                 background,

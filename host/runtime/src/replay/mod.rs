@@ -1,0 +1,248 @@
+//! Record and replay: a trace of one export call and every host call it made, and a run of the
+//! component answered from that trace alone (docs/adr/0007-record-and-replay.md).
+//!
+//! - [`passthrough`]: the generated component through which a recording reaches the real host.
+//! - `interpose`: the linker defining every import dynamically, answering from the real host
+//!   or from the trace.
+//! - `value`: the trace's lossless JSON form of host-call values.
+
+mod interpose;
+pub mod passthrough;
+mod value;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use wasmtime::component::{Component, InstancePre};
+use wasmtime::{Engine, Store};
+
+use crate::state::HostState;
+use crate::state_file::StateFile;
+
+pub(crate) use interpose::Session;
+
+/// The `format` of every trace this version writes and reads.
+pub const FORMAT: &str = "capbridge-trace/1";
+
+/// The largest byte list a trace keeps; a longer one is recorded as `{"omitted": length}`.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// One recorded export call: what was called, every host call it made, and how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trace {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The component recorded: its id and the SHA-256 of its `.wasm` file.
+    pub component: TracedComponent,
+    /// Byte lists longer than this were omitted.
+    pub max_value_bytes: usize,
+    /// The export called.
+    pub function: String,
+    /// Its arguments, in the contract's JSON form (as `component call` takes them).
+    pub args: Value,
+    /// Every host call, in order.
+    pub host_calls: Vec<HostCall>,
+    /// The export's result in the contract's JSON form, or its trap.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracedComponent {
+    pub id: String,
+    pub sha256: String,
+}
+
+/// One host import call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostCall {
+    /// `wasi:filesystem/types@0.2.6`, `capbridge:host/events`, …
+    pub interface: String,
+    /// `[method]descriptor.read`, `publish`, `[resource-drop]descriptor`, …
+    pub function: String,
+    /// Arguments by parameter name, in the trace's JSON form.
+    pub args: Map<String, Value>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+impl Trace {
+    /// Reads a trace file.
+    pub fn load(path: &Path) -> anyhow::Result<Trace> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a capbridge trace: {e}", path.display()))
+    }
+
+    /// Writes the trace to `path`, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| format!("{} is not a file name", path.display()))?;
+        StateFile::new(dir.unwrap_or(Path::new(".")), name, "trace").write(self)
+    }
+}
+
+/// Writes `trace` into `dir` as `<component>/<unix ms>-<function>.trace.json`.
+pub(crate) fn write_trace(dir: &Path, trace: &Trace) -> Result<PathBuf, String> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let function: String = trace
+        .function
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir
+        .join(&trace.component.id)
+        .join(format!("{millis}-{function}.trace.json"));
+    trace.save(&path)?;
+    Ok(path)
+}
+
+impl HostCall {
+    /// Same interface, function and arguments.
+    pub fn same_call(&self, other: &HostCall) -> bool {
+        self.interface == other.interface
+            && self.function == other.function
+            && self.args == other.args
+    }
+}
+
+impl fmt::Display for HostCall {
+    /// `wasi:filesystem/types@0.2.6 [method]descriptor.read {"self":{"resource":3},…}`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.interface,
+            self.function,
+            Value::Object(self.args.clone())
+        )
+    }
+}
+
+/// How a call ended: `{"result": …}` or `{"trap": "…"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Result(Value),
+    Trap(String),
+}
+
+/// Where a replay first departed from its trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    /// How many host calls matched before it.
+    pub at: usize,
+    /// The call the trace has next (`None`: the trace had no more).
+    pub expected: Option<HostCall>,
+    /// The call the component made (`None`: it made no more).
+    pub actual: Option<HostCall>,
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "host call #{} diverges from the trace:", self.at + 1)?;
+        match &self.expected {
+            Some(call) => writeln!(f, "  expected: {call}")?,
+            None => writeln!(f, "  expected: no more host calls")?,
+        }
+        match &self.actual {
+            Some(call) => write!(f, "  actual:   {call}"),
+            None => write!(f, "  actual:   no more host calls (the export returned)"),
+        }
+    }
+}
+
+/// The SHA-256 of a component's bytes, in hex, as a trace names it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// `__CAPBRIDGE_SECRET[NAME]__`: what a trace holds instead of a secret.
+pub fn secret_placeholder(name: &str) -> String {
+    format!("__CAPBRIDGE_SECRET[{name}]__")
+}
+
+/// What a component needs to record: its interposed link and its pass-through.
+pub(crate) struct Recorder {
+    interposed: InstancePre<HostState>,
+    passthrough: InstancePre<HostState>,
+    exports: HashMap<(String, String), (String, String)>,
+    secret_names: Vec<String>,
+}
+
+impl Recorder {
+    /// `linker` is the component's ordinary (granted) linker; the pass-through links to it.
+    pub(crate) fn new(
+        engine: &Engine,
+        component: &Component,
+        wasm: &[u8],
+        linker: &wasmtime::component::Linker<HostState>,
+        compile: impl FnOnce(&[u8]) -> anyhow::Result<Component>,
+        secret_names: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let generated = passthrough::generate(wasm)?;
+        let passthrough = linker.instantiate_pre(&compile(&generated.wasm)?)?;
+        let interposed = interpose::linker(engine, component)?.instantiate_pre(component)?;
+        Ok(Self {
+            interposed,
+            passthrough,
+            exports: generated.exports,
+            secret_names,
+        })
+    }
+
+    pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
+        &self.interposed
+    }
+
+    /// Starts recording in `store`: instantiates the pass-through there.
+    pub(crate) async fn start(&self, store: &mut Store<HostState>) -> anyhow::Result<()> {
+        // Instantiating runs no guest code for long; the call sets its own deadline after.
+        store.epoch_deadline_callback(|_| Ok(wasmtime::UpdateDeadline::Yield(1)));
+        store.set_epoch_deadline(1);
+        let instance = self.passthrough.instantiate_async(&mut *store).await?;
+        let mut forwards = HashMap::new();
+        for (key, (interface, export)) in &self.exports {
+            let func = instance
+                .get_export_index(&mut *store, None, interface)
+                .and_then(|i| instance.get_export_index(&mut *store, Some(&i), export))
+                .and_then(|i| instance.get_func(&mut *store, i))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("pass-through export {interface}#{export} missing")
+                })?;
+            forwards.insert(key.clone(), func);
+        }
+        store.data_mut().replay = Some(Session::record(
+            forwards,
+            MAX_VALUE_BYTES,
+            self.secret_names.clone(),
+        ));
+        Ok(())
+    }
+}
+
+/// The interposed link of a component for replay.
+pub(crate) fn replay_instance_pre(
+    engine: &Engine,
+    component: &Component,
+) -> anyhow::Result<InstancePre<HostState>> {
+    Ok(interpose::linker(engine, component)?.instantiate_pre(component)?)
+}
