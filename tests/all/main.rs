@@ -14,6 +14,7 @@ mod contract_doc;
 mod filesystem;
 mod invoke;
 mod mcp;
+mod replay;
 mod sandbox;
 mod system;
 

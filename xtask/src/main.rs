@@ -77,6 +77,7 @@ fn xtask() -> anyhow::Result<()> {
                 run(cargo()
                     .args(["test", "--lib"])
                     .args(component_package_args(&root)?))?;
+                replay_recorded_tests(&root)?;
             }
             Ok(())
         }
@@ -106,6 +107,19 @@ fn xtask() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// Replays the traces each first-party component keeps in `components/<id>/tests/`, as a
+/// third-party author would with `capbridge test`.
+fn replay_recorded_tests(root: &Path) -> anyhow::Result<()> {
+    for (_, dir) in guest_crates(root)? {
+        if dir.starts_with(root.join("components")) && dir.join("tests").is_dir() {
+            run(cargo()
+                .args(["run", "--quiet", "--package", "capbridge", "--", "test"])
+                .arg(&dir))?;
+        }
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

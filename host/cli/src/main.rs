@@ -55,7 +55,7 @@ enum Command {
         dev: bool,
         /// Record every call made through the contract into DIR, one trace file each
         /// (`DIR/<component>/<time>-<function>.trace.json`), to replay with `capbridge replay`.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", env = "CAPBRIDGE_RECORD")]
         record: Option<PathBuf>,
     },
     /// Show or change the bridge config file.

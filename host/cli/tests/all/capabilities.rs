@@ -872,6 +872,82 @@ async fn awake_inhibits_through_dbus() {
     );
 }
 
+/// Calls through the contract recorded by `serve --record` (here `CAPBRIDGE_RECORD`) replay with
+/// `capbridge replay` and touch nothing: the ScreenSaver hears nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn awake_recorded_through_the_contract_replays_without_touching_the_bus() {
+    let bus = Bus::start();
+    let saver = ScreenSaver::default();
+    let _service = saver.serve(&bus).await;
+    let install = Install::shipped(&["awake"]);
+    let traces = install.path().join("traces");
+    let env = [
+        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
+        ("CAPBRIDGE_RECORD", traces.to_str().unwrap()),
+    ];
+    let mut server = Server::start_in_place(&install, &env);
+    let token = server.handshake().await;
+    let (status, hold) = server
+        .post(
+            &token,
+            "/api/v1/awake/acquire",
+            json!({"reason": "recorded"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{hold}");
+    let (status, released) = server
+        .post(&token, "/api/v1/awake/release", json!({"id": hold["id"]}))
+        .await;
+    assert_eq!(status, 200, "{released}");
+    assert!(server.terminate().success());
+    let recorded = saver.calls();
+    assert_eq!(
+        (recorded.inhibit.len(), recorded.uninhibit.len()),
+        (1, 1),
+        "{recorded:?}"
+    );
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(traces.join("awake"))
+        .expect("traces/awake")
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("-acquire.trace.json")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.ends_with("-release.trace.json")),
+        "{names:?}"
+    );
+    for file in &files {
+        let out = Command::new(env!("CARGO_BIN_EXE_capbridge"))
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+            .arg("--components")
+            .arg(install.components())
+            .arg("--policies")
+            .arg(install.policies())
+            .arg("--cache")
+            .arg(install.cache())
+            .arg("replay")
+            .arg(file)
+            .output()
+            .expect("capbridge replay runs");
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{shown}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(shown.starts_with("ok    "), "{shown}");
+    }
+    assert_eq!(saver.calls(), recorded, "a replay reached the ScreenSaver");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn awake_without_dbus_service() {
     let install = Install::shipped(&["awake"]);

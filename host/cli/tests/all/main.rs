@@ -4,3 +4,4 @@
 mod capabilities;
 mod cli;
 mod commands;
+mod replay;

@@ -35,8 +35,6 @@ enum Mode {
         /// The real resources behind the component's proxy handles.
         real: HashMap<u32, ResourceAny>,
         next_proxy: u32,
-        /// Environment variables recorded as placeholders.
-        secret_names: Vec<String>,
     },
     Replay,
 }
@@ -45,14 +43,12 @@ impl Session {
     pub(crate) fn record(
         forwards: HashMap<(String, String), Func>,
         max_value_bytes: usize,
-        secret_names: Vec<String>,
     ) -> Self {
         Self {
             mode: Mode::Record {
                 forwards,
                 real: HashMap::new(),
                 next_proxy: 1,
-                secret_names,
             },
             max_value_bytes,
             calls: VecDeque::new(),
@@ -251,7 +247,7 @@ async fn answer(
                     ResourceDynamic::new_own(n, k).try_into_resource_any(&mut store)
                 })?;
             }
-            let mut result = match results.first() {
+            let result = match results.first() {
                 Some(v) => to_json(v, max, &mut |_| {
                     numbers
                         .pop_front()
@@ -259,12 +255,8 @@ async fn answer(
                 })?,
                 None => Value::Null,
             };
-            let session = session(&mut store)?;
-            if let Mode::Record { secret_names, .. } = &session.mode {
-                redact(key, &mut result, secret_names);
-            }
             call.outcome = Outcome::Result(result);
-            session.calls.push_back(call);
+            session(&mut store)?.calls.push_back(call);
             Ok(())
         }
         None => {
@@ -301,6 +293,7 @@ fn expect(
                 at: session.answered,
                 expected,
                 actual: Some(actual),
+                trap: None,
             };
             let message = divergence.to_string();
             session.divergence = Some(divergence);
@@ -335,23 +328,5 @@ async fn drop_proxy(
             Ok(())
         }
         None => expect(&mut store, call).map(|_| ()),
-    }
-}
-
-/// `wasi:cli/environment` `get-environment`: values of variables whose names look secret become
-/// placeholders.
-fn redact(key: &(String, String), result: &mut Value, secret_names: &[String]) {
-    if !key.0.starts_with("wasi:cli/environment@") || key.1 != "get-environment" {
-        return;
-    }
-    let Some(pairs) = result.as_array_mut() else {
-        return;
-    };
-    for pair in pairs {
-        if let Some([Value::String(name), value]) = pair.as_array_mut().map(Vec::as_mut_slice) {
-            if secret_names.iter().any(|s| s == name) {
-                *value = Value::String(super::secret_placeholder(name));
-            }
-        }
     }
 }

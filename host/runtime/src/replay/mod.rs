@@ -153,6 +153,8 @@ pub struct Divergence {
     pub expected: Option<HostCall>,
     /// The call the component made (`None`: it made no more).
     pub actual: Option<HostCall>,
+    /// When it made no more: the trap that ended it, if one did.
+    pub trap: Option<String>,
 }
 
 impl fmt::Display for Divergence {
@@ -162,9 +164,13 @@ impl fmt::Display for Divergence {
             Some(call) => writeln!(f, "  expected: {call}")?,
             None => writeln!(f, "  expected: no more host calls")?,
         }
-        match &self.actual {
-            Some(call) => write!(f, "  actual:   {call}"),
-            None => write!(f, "  actual:   no more host calls (the export returned)"),
+        match (&self.actual, &self.trap) {
+            (Some(call), _) => write!(f, "  actual:   {call}"),
+            (None, Some(trap)) => write!(
+                f,
+                "  actual:   no more host calls (the export trapped: {trap})"
+            ),
+            (None, None) => write!(f, "  actual:   no more host calls (the export returned)"),
         }
     }
 }
@@ -180,12 +186,59 @@ pub fn secret_placeholder(name: &str) -> String {
     format!("__CAPBRIDGE_SECRET[{name}]__")
 }
 
+impl Trace {
+    /// Replaces every occurrence of each secret value, anywhere in the trace (a component may
+    /// echo what it read), with its placeholder.
+    pub(crate) fn redact(&mut self, secrets: &[(String, String)]) {
+        let secrets: Vec<&(String, String)> = secrets
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .collect();
+        if secrets.is_empty() {
+            return;
+        }
+        let walk = |value: &mut Value| redact_strings(value, &secrets);
+        walk(&mut self.args);
+        for call in &mut self.host_calls {
+            for arg in call.args.values_mut() {
+                walk(arg);
+            }
+            if let Outcome::Result(v) = &mut call.outcome {
+                walk(v);
+            }
+            if let Outcome::Trap(text) = &mut call.outcome {
+                *text = redact_text(text, &secrets);
+            }
+        }
+        match &mut self.outcome {
+            Outcome::Result(v) => walk(v),
+            Outcome::Trap(text) => *text = redact_text(text, &secrets),
+        }
+    }
+}
+
+fn redact_strings(value: &mut Value, secrets: &[&(String, String)]) {
+    match value {
+        Value::String(text) => *text = redact_text(text, secrets),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, secrets)),
+        Value::Object(fields) => fields.values_mut().for_each(|v| redact_strings(v, secrets)),
+        _ => {}
+    }
+}
+
+fn redact_text(text: &str, secrets: &[&(String, String)]) -> String {
+    secrets
+        .iter()
+        .fold(text.to_string(), |text, (name, value)| {
+            text.replace(value.as_str(), &secret_placeholder(name))
+        })
+}
+
 /// What a component needs to record: its interposed link and its pass-through.
 pub(crate) struct Recorder {
     interposed: InstancePre<HostState>,
     passthrough: InstancePre<HostState>,
     exports: HashMap<(String, String), (String, String)>,
-    secret_names: Vec<String>,
 }
 
 impl Recorder {
@@ -196,7 +249,6 @@ impl Recorder {
         wasm: &[u8],
         linker: &wasmtime::component::Linker<HostState>,
         compile: impl FnOnce(&[u8]) -> anyhow::Result<Component>,
-        secret_names: Vec<String>,
     ) -> anyhow::Result<Self> {
         let generated = passthrough::generate(wasm)?;
         let passthrough = linker.instantiate_pre(&compile(&generated.wasm)?)?;
@@ -205,7 +257,6 @@ impl Recorder {
             interposed,
             passthrough,
             exports: generated.exports,
-            secret_names,
         })
     }
 
@@ -230,11 +281,7 @@ impl Recorder {
                 })?;
             forwards.insert(key.clone(), func);
         }
-        store.data_mut().replay = Some(Session::record(
-            forwards,
-            MAX_VALUE_BYTES,
-            self.secret_names.clone(),
-        ));
+        store.data_mut().replay = Some(Session::record(forwards, MAX_VALUE_BYTES));
         Ok(())
     }
 }

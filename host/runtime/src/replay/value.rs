@@ -217,7 +217,6 @@ pub fn from_json(
         },
         Type::Result(result) => {
             let (side, v) = case_of(json).ok_or_else(wrong)?;
-            let v = v.filter(|v| !v.is_null());
             let ty = match side {
                 "ok" => result.ok(),
                 "err" => result.err(),
@@ -225,7 +224,7 @@ pub fn from_json(
             };
             let v = match (ty, v) {
                 (Some(t), Some(v)) => Some(Box::new(from_json(&t, v, resource)?)),
-                (None, None) => None,
+                (None, None | Some(Value::Null)) => None,
                 _ => return Err(wrong()),
             };
             Val::Result(if side == "ok" { Ok(v) } else { Err(v) })

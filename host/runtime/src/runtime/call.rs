@@ -28,7 +28,7 @@ impl Runtime {
         let (loaded, func, params) = self.prepare(component, function, args)?;
         if let (Some(dir), None) = (&self.config.record_dir, &loaded.persistent) {
             let (trace, outcome) = self
-                .record_prepared(&loaded, component, function, func, params, args, options)
+                .record_prepared(loaded, component, function, func, params, args, options)
                 .await?;
             if let Err(error) = crate::replay::write_trace(dir, &trace) {
                 tracing::warn!(component, function, "trace not written: {error:#}");
@@ -38,7 +38,7 @@ impl Runtime {
         let deadline = loaded.deadline(options);
         let started = Instant::now();
         let (result, stdout, stderr) = self
-            .run(&loaded, func, params, deadline, options.session)
+            .run(loaded, func, params, deadline, options.session)
             .await?;
         Ok(CallOutcome {
             result: result_to_json(function, result)?,

@@ -55,7 +55,7 @@ impl Runtime {
         options: &CallOptions,
     ) -> Result<(Trace, Result<CallOutcome, CallError>), CallError> {
         let (loaded, func, params) = self.prepare(component, function, args)?;
-        self.record_prepared(&loaded, component, function, func, params, args, options)
+        self.record_prepared(loaded, component, function, func, params, args, options)
             .await
     }
 
@@ -110,7 +110,7 @@ impl Runtime {
                 elapsed: started.elapsed(),
             })
         });
-        let trace = Trace {
+        let mut trace = Trace {
             format: replay::FORMAT.to_string(),
             component: TracedComponent {
                 id: component.to_string(),
@@ -125,6 +125,7 @@ impl Runtime {
                 Err(error) => Outcome::Trap(error.to_string()),
             },
         };
+        trace.redact(&secrets_of(&loaded.policy));
         Ok((trace, outcome))
     }
 
@@ -135,20 +136,12 @@ impl Runtime {
             .get_or_init(|| {
                 let wasm = std::fs::read(&loaded.wasm_path)
                     .map_err(|e| format!("cannot read {}: {e}", loaded.wasm_path.display()))?;
-                let secret_names = loaded
-                    .policy
-                    .environment
-                    .iter()
-                    .filter(|name| capbridge_policy::looks_secret(name))
-                    .cloned()
-                    .collect();
                 Recorder::new(
                     &self.engine,
                     loaded.pre.component(),
                     &wasm,
                     &loaded.linker,
                     |bytes| Ok(self.cache.load(&self.engine, bytes, || {})?.0),
-                    secret_names,
                 )
                 .map(Arc::new)
                 .map_err(|e| format!("cannot record this component: {e:#}"))
@@ -245,6 +238,10 @@ impl Runtime {
                     at: matched,
                     expected: Some(expected),
                     actual: None,
+                    trap: match actual {
+                        Outcome::Trap(trap) => Some(trap),
+                        Outcome::Result(_) => None,
+                    },
                 })),
             });
         }
@@ -254,6 +251,17 @@ impl Runtime {
         });
         Ok(ReplayReport { matched, failure })
     }
+}
+
+/// The granted environment variables whose names look secret, with their values now: a trace
+/// holds placeholders instead.
+fn secrets_of(policy: &capbridge_policy::Policy) -> Vec<(String, String)> {
+    policy
+        .environment
+        .iter()
+        .filter(|name| capbridge_policy::looks_secret(name))
+        .map(|name| (name.clone(), std::env::var(name).unwrap_or_default()))
+        .collect()
 }
 
 fn loaded_sha256(loaded: &Loaded) -> Result<String, CallError> {
