@@ -8,6 +8,7 @@
 //! [`chromium_running`] and [`without_chromium`].
 
 mod api;
+mod audit;
 mod browser;
 mod commands;
 mod contract_doc;

@@ -99,6 +99,7 @@ impl Fixture {
             policy_dir: self.policy_dir(),
             cache_dir: shared_cache_dir(),
             record_dir: None,
+            audit_retention: None,
             picker: capbridge_runtime::caps::dialog::Picker::Headless,
             own_files: Default::default(),
             state_dir: self.path().join("state"),

@@ -58,6 +58,9 @@ pub struct BridgeConfig {
     /// commands. Off: only the person answers (the terminal running `serve`, `capbridge prompts`).
     #[serde(default)]
     pub web_approvals: bool,
+    /// How many days audit entries are kept (`capbridge audit`, `GET /api/v1/audit`).
+    #[serde(default = "default_audit_retention_days")]
+    pub audit_retention_days: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -68,6 +71,9 @@ pub enum Mode {
     Dev,
 }
 
+fn default_audit_retention_days() -> u64 {
+    90
+}
 fn default_port() -> u16 {
     DEFAULT_PORT
 }
@@ -180,6 +186,10 @@ impl BridgeConfig {
             self.max_connections > 0,
             "max-connections must be more than 0"
         );
+        anyhow::ensure!(
+            (1..=3650).contains(&self.audit_retention_days),
+            "audit-retention-days must be from 1 to 3650"
+        );
         Ok(())
     }
 
@@ -194,6 +204,11 @@ impl BridgeConfig {
             .chain(dev)
             .filter_map(|o| normalize_origin(o).ok())
             .collect()
+    }
+
+    /// How long audit entries are kept.
+    pub fn audit_retention(&self) -> Duration {
+        Duration::from_secs(self.audit_retention_days * 24 * 3600)
     }
 
     pub fn session_ttl(&self) -> Duration {

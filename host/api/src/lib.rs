@@ -190,6 +190,20 @@ impl Server {
     }
 }
 
+/// A response leaves only once the audit entries its request made are on disk: whatever the
+/// client was told happened is in the audit log, even if the bridge is killed right after.
+async fn audit_durable(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    if let Err(error) = shared.runtime.audit().flush().await {
+        tracing::error!(target: "capbridge::audit", "{error}");
+    }
+    response
+}
+
 /// Tells the runtime when a session ends (expires, or is dropped for a newer one), so that
 /// every capability gives back what it held for it; waits for the next expiry in between.
 async fn end_sessions(shared: Arc<Shared>) {
@@ -198,6 +212,10 @@ async fn end_sessions(shared: Arc<Shared>) {
         let (ended, next_expiry) = shared.sessions.take_ended();
         for session in ended {
             shared.runtime.end_session(session).await;
+            shared
+                .runtime
+                .audit()
+                .session_ended(session, "expired or replaced");
             tracing::debug!(target: "capbridge::api", session, "session ended");
         }
         // Past the expiry by a little, so the session is no longer live when looked at.
@@ -253,6 +271,7 @@ fn router_with(shared: Arc<Shared>, extra: Option<Router<Arc<Shared>>>) -> Route
         .merge(untimed)
         .fallback(routes::unknown_route)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(from_fn_with_state(shared.clone(), audit_durable))
         .layer(from_fn_with_state(shared.clone(), listener::bound_body))
         .layer(security::cors(&shared.origins))
         .layer(from_fn_with_state(

@@ -22,6 +22,7 @@ fn shared() -> (Arc<Shared>, tempfile::TempDir) {
         policy_dir: dir.path().join("policy"),
         cache_dir: dir.path().join("cache"),
         record_dir: None,
+        audit_retention: None,
         picker: Picker::Headless,
         own_files: Default::default(),
         state_dir: dir.path().join("state"),

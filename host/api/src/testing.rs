@@ -35,6 +35,7 @@ impl TestBridge {
             policy_dir: sub("policy"),
             cache_dir: sub("cache"),
             record_dir: None,
+            audit_retention: None,
             picker: Picker::Headless,
             own_files: Default::default(),
             state_dir: dir.path().join("state"),

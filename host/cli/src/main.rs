@@ -16,6 +16,7 @@ use capbridge_runtime::{
 };
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod prompts;
 mod replay;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -67,6 +68,28 @@ enum Command {
     /// Check and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// What components and sessions did with their grants: the audit log `capbridge serve`
+    /// keeps (newest first).
+    Audit {
+        /// Only entries of the last DURATION (`90s`, `15m`, `2h`, `7d`).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Only entries of this component.
+        #[arg(long)]
+        component: Option<String>,
+        /// Only entries of this session: `RUN:N` (as printed), or `N` in the latest run.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only entries of this kind (`event.published`), or family (`process.*`).
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a component with every host call answered from a recorded trace (nothing real is
     /// touched); fail with the first divergence.
     Replay {
@@ -274,6 +297,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&outcome.result)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            since,
+            component,
+            session,
+            kind,
+            limit,
+            json,
+        } => audit::show(
+            &config.state_dir.join("audit"),
+            audit::Filters {
+                since,
+                component,
+                session,
+                kind,
+                limit,
+            },
+            json,
+        ),
         Command::Replay { trace, wasm } => replay::replay_one(config, &trace, wasm.as_deref()),
         Command::Test { dir, wasm } => replay::test_dir(config, &dir, wasm.as_deref()),
         Command::Serve { port, dev, record } => {
@@ -333,6 +374,10 @@ fn serve(
             .own_files
             .clone()
             .with_port(listener.local_addr()?.port()),
+        ..config
+    };
+    let config = RuntimeConfig {
+        audit_retention: Some(bridge.audit_retention()),
         ..config
     };
     let runtime = Arc::new(load(config)?);
@@ -528,6 +573,7 @@ fn runtime_config(cli: &Cli, config_file: Option<&Path>) -> anyhow::Result<Runti
             None => anyhow::bail!("no home directory: capbridge has nowhere to keep its state"),
         },
         record_dir: None,
+        audit_retention: None,
         picker: caps::dialog::Picker::from_env(),
         own_files,
     })

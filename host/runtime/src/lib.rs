@@ -5,6 +5,7 @@
 //! - [`linker`]: a linker holding only what a policy grants, and the import check before it.
 //! - [`state`]: the per-store host state built from a policy (WASI context, limits, captures).
 //! - [`approvals`]: prompts a person answers before the host does something risky.
+//! - [`audit`]: the audit log: every grant use that matters, on disk, queryable, kept 90 days.
 //! - [`caps`]: the capabilities, one unit per host interface, and [`caps::ALL`], their registry.
 //! - [`own_files`]: capbridge's own files and port, which no grant may reach.
 //! - [`values`]: the generic JSON ⇄ WIT conversion and JSON Schemas for exports.
@@ -12,6 +13,7 @@
 //! - [`runtime`]: discovery, loading and invocation with limits — the API the rest of capbridge uses.
 
 pub mod approvals;
+pub mod audit;
 pub mod cache;
 pub mod caps;
 pub mod engine;

@@ -10,6 +10,7 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::audit::AuditLog;
 use crate::caps::events::EventBus;
 use crate::caps::network::NetworkHooks;
 use crate::caps::Services;
@@ -22,6 +23,8 @@ pub struct Grants {
     pub policy: Arc<Policy>,
     pub events: EventBus,
     pub services: Services,
+    /// Where grant uses are recorded.
+    pub audit: AuditLog,
     /// The contract session the call is made for (`None`: the CLI, a test, a benchmark).
     pub session: Option<u64>,
     /// Starts instances of this same component for work that outlives a call.
@@ -92,6 +95,7 @@ impl HostState {
         policy: Arc<Policy>,
         events: EventBus,
         services: Services,
+        audit: AuditLog,
         session: Option<u64>,
     ) -> anyhow::Result<Self> {
         let output_cap = usize::try_from(policy.limits.output_bytes).unwrap_or(usize::MAX);
@@ -133,13 +137,14 @@ impl HostState {
         Ok(Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            network: NetworkHooks::new(policy.clone()),
+            network: NetworkHooks::new(policy.clone(), audit.clone(), session),
             table: ResourceTable::new(),
             limits,
             grants: Grants {
                 policy,
                 events,
                 services,
+                audit,
                 session,
                 background: None,
                 role: None,

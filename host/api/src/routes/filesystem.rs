@@ -259,7 +259,7 @@ pub async fn read(
     Extension(session): Extension<SessionId>,
     ApiJson(request): ApiJson<ReadRequest>,
 ) -> Result<Json<FileContent>, ApiError> {
-    call(
+    let read: Result<FileContent, ApiError> = call(
         &shared,
         session,
         COMPONENT,
@@ -271,8 +271,47 @@ pub async fn read(
             "max-bytes": request.max_bytes,
         }),
     )
-    .await
-    .map(Json)
+    .await;
+    audit_file(
+        &shared,
+        session,
+        "file.read",
+        &request.target,
+        &request.path,
+        read.as_ref().map(|f| f.size),
+    );
+    read.map(Json)
+}
+
+/// An audit entry for a file read or written through these routes: where and how much, never
+/// what.
+fn audit_file(
+    shared: &Shared,
+    session: SessionId,
+    kind: &str,
+    target: &str,
+    path: &str,
+    result: Result<u64, &ApiError>,
+) {
+    use capbridge_runtime::audit::Outcome;
+    let (outcome, detail) = match result {
+        Ok(size) => (
+            Outcome::Allowed,
+            json!({ "target": target, "path": path, "size": size }),
+        ),
+        Err(error) => (
+            if error.status == axum::http::StatusCode::FORBIDDEN {
+                Outcome::Denied
+            } else {
+                Outcome::Failed
+            },
+            json!({ "target": target, "path": path, "error": error.code }),
+        ),
+    };
+    shared
+        .runtime
+        .audit()
+        .record(kind, Some(COMPONENT), Some(session.0), outcome, detail);
 }
 
 #[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,7 +367,7 @@ pub async fn write(
     Extension(session): Extension<SessionId>,
     ApiJson(request): ApiJson<WriteRequest>,
 ) -> Result<Json<Written>, ApiError> {
-    call(
+    let written: Result<Written, ApiError> = call(
         &shared,
         session,
         COMPONENT,
@@ -342,6 +381,14 @@ pub async fn write(
             "create-parents": request.create_parents,
         }),
     )
-    .await
-    .map(Json)
+    .await;
+    audit_file(
+        &shared,
+        session,
+        "file.written",
+        &request.target,
+        &request.path,
+        written.as_ref().map(|w| w.size),
+    );
+    written.map(Json)
 }

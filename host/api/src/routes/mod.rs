@@ -6,6 +6,7 @@
 //! list of paths ([`routes`]), the contract's capability list and the components the contract
 //! is a face of all come from it.
 
+pub mod audit;
 pub mod awake;
 pub mod bridge;
 pub mod capability;
@@ -63,6 +64,7 @@ pub const MODULES: &[RouteModule] = &[
     system::MODULE,
     system_commands::MODULE,
     mcp::MODULE,
+    audit::MODULE,
 ];
 
 /// Every path this bridge serves, canonical form (`{x}`: one segment), as the registered

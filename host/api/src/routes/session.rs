@@ -106,6 +106,10 @@ pub async fn handshake(
         client_version = request.client_version.as_deref().unwrap_or(""),
         "session created"
     );
+    shared
+        .runtime
+        .audit()
+        .session_opened(issued.session_id, origin);
     shared.publish(
         "bridge.session.created",
         serde_json::json!({

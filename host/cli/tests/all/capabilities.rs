@@ -1453,3 +1453,98 @@ async fn interrupted_write_leaves_old_or_new() {
     );
     assert_eq!(unchanged + replaced, ROUNDS);
 }
+
+/// Heavy audit writing, then SIGKILL: every write the bridge acknowledged (a 200) has its
+/// `file.written` entry in the audit log, which still loads after the crash.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_entries_of_acknowledged_requests_survive_kill_9() {
+    const WORKERS: usize = 8;
+    let install = Install::shipped(&["filesystem"]);
+    let workspace = install.path().join("workspace");
+    let shipped = shipped_policy("filesystem");
+    let policy = shipped.replace(
+        "host = \"~/capbridge\"",
+        &format!("host = \"{}\"", workspace.display()),
+    );
+    assert!(
+        policy.contains(&workspace.display().to_string()),
+        "adapt this test:\n{shipped}"
+    );
+    install.set_policy("filesystem", &policy);
+    let mut server = Server::start_in_place(&install, &[]);
+    let token = server.handshake().await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let (http, url, token, stop) = (
+            server.http.clone(),
+            server.url("/api/v1/filesystem/write"),
+            token.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let path = format!("w{worker}-{i}.txt");
+                let sent = http
+                    .post(&url)
+                    .header(TOKEN, &token)
+                    .json(&json!({"target": "workspace", "path": path, "content": "x"}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 200 => acknowledged.push(path),
+                    Ok(response) => panic!("write {path}: {}", response.status()),
+                    // The kill: whatever was in flight was not acknowledged.
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    stop.store(true, Ordering::SeqCst);
+    let mut acknowledged = Vec::new();
+    for worker in workers {
+        acknowledged.extend(worker.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 20,
+        "too few writes to mean anything: {}",
+        acknowledged.len()
+    );
+
+    // A new start reads the log (a torn last line is cut) and goes on appending.
+    let mut again = Server::start_in_place(&install, &[]);
+    again.handshake().await;
+    assert!(again.terminate().success());
+    // The lines are the record (the SQLite projection is rebuilt from them).
+    let log = install
+        .home()
+        .join(".local/share/capbridge/state/audit/audit.jsonl");
+    let recorded: std::collections::HashSet<String> = std::fs::read_to_string(&log)
+        .expect("the audit log")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("whole entries only"))
+        .filter(|e| e["kind"] == "file.written")
+        .map(|e| e["detail"]["path"].as_str().unwrap().to_string())
+        .collect();
+    eprintln!(
+        "{} writes acknowledged, {} recorded",
+        acknowledged.len(),
+        recorded.len()
+    );
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|p| !recorded.contains(*p))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not in the audit log: {lost:?}"
+    );
+}

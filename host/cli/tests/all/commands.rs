@@ -786,6 +786,48 @@ async fn a_new_user_approves_from_the_serve_terminal() {
         Some(json!([])),
         "{listed:?}"
     );
+
+    // The audit log has all of it, as `capbridge audit` shows the person.
+    let out = home
+        .capbridge()
+        .args(["audit", "--json", "--limit", "1000"])
+        .output()
+        .expect("capbridge audit runs");
+    assert!(out.status.success(), "{out:?}");
+    let entries: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON entry per line"))
+        .collect();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "component.loaded",
+        "session.opened",
+        "prompt.asked",
+        "prompt.decided",
+        "rule.created",
+        "process.allowed",
+        "process.started",
+        "process.ended",
+        "process.terminated",
+        "process.refused",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    let created = entries
+        .iter()
+        .find(|e| e["kind"] == "rule.created")
+        .unwrap();
+    assert_eq!(created["detail"]["by"], "terminal", "{created}");
+    assert_eq!(created["detail"]["command"], "git --version", "{created}");
+    let refused = entries
+        .iter()
+        .find(|e| e["kind"] == "process.refused")
+        .unwrap();
+    assert_eq!(refused["outcome"], "denied", "{refused}");
+    assert_eq!(refused["detail"]["program"], "env", "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

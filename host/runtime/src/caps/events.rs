@@ -259,6 +259,13 @@ impl Host for HostState {
                 &policy.source,
             );
             tracing::warn!(target: "capbridge::audit", component = %policy.component_id, topic, "denied: events.publish");
+            self.grants.audit.record(
+                "event.published",
+                Some(&policy.component_id),
+                self.grants.session,
+                crate::audit::Outcome::Denied,
+                serde_json::json!({ "topic": topic }),
+            );
             return Ok(Err(GuestError::Denied(message)));
         }
         if payload.len() > MAX_PAYLOAD_BYTES {
@@ -275,6 +282,13 @@ impl Host for HostState {
                 ))))
             }
         };
+        self.grants.audit.record(
+            "event.published",
+            Some(&policy.component_id),
+            self.grants.session,
+            crate::audit::Outcome::Allowed,
+            serde_json::json!({ "topic": topic }),
+        );
         self.grants.events.publish(Event {
             source: policy.component_id.clone(),
             topic,

@@ -164,6 +164,8 @@ pub struct HostContext<'a> {
     pub approvals: &'a Approvals,
     /// capbridge's own files and port: what no grant or pick may reach.
     pub own_files: &'a OwnFiles,
+    /// Where grant uses are recorded.
+    pub audit: &'a crate::audit::AuditLog,
 }
 
 /// The host-wide state of one capability, shared by every store of the runtime.

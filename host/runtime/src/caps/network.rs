@@ -137,13 +137,21 @@ impl Capability for Network {
 }
 
 /// The `wasi:http` hooks of one store: the policy decides where requests may go.
+use crate::audit::Outcome;
+
 pub struct NetworkHooks {
     policy: Arc<Policy>,
+    audit: crate::audit::AuditLog,
+    session: Option<u64>,
 }
 
 impl NetworkHooks {
-    pub fn new(policy: Arc<Policy>) -> Self {
-        Self { policy }
+    pub fn new(policy: Arc<Policy>, audit: crate::audit::AuditLog, session: Option<u64>) -> Self {
+        Self {
+            policy,
+            audit,
+            session,
+        }
     }
 }
 
@@ -160,11 +168,29 @@ impl WasiHttpHooks for NetworkHooks {
             + Send,
     > {
         let policy = self.policy.clone();
+        let (audit, session) = (self.audit.clone(), self.session);
         Box::new(async move {
+            let uri = redact_query(request.uri());
+            let detail = serde_json::json!({ "method": request.method().as_str(), "uri": uri });
+            let component = Some(policy.component_id.as_str());
             if let Err(reason) = check_request(&policy, request.uri()).await {
-                tracing::warn!(target: "capbridge::audit", component = %policy.component_id, uri = %redact_query(request.uri()), "denied: {reason}");
+                tracing::warn!(target: "capbridge::audit", component = %policy.component_id, %uri, "denied: {reason}");
+                audit.record(
+                    "network.request",
+                    component,
+                    session,
+                    Outcome::Denied,
+                    detail,
+                );
                 return Err(HttpError::HttpRequestDenied);
             }
+            audit.record(
+                "network.request",
+                component,
+                session,
+                Outcome::Allowed,
+                detail,
+            );
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((

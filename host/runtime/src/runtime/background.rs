@@ -14,6 +14,7 @@ use capbridge_policy::Policy;
 use wasmtime::component::{ComponentExportIndex, InstancePre, Val};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
+use crate::audit::AuditLog;
 use crate::caps::events::EventBus;
 use crate::caps::Services;
 use crate::state::HostState;
@@ -29,6 +30,7 @@ struct Inner {
     policy: Arc<Policy>,
     events: EventBus,
     services: Services,
+    audit: AuditLog,
 }
 
 /// How a background instance ended.
@@ -48,6 +50,7 @@ impl Background {
         policy: Arc<Policy>,
         events: EventBus,
         services: Services,
+        audit: AuditLog,
     ) -> Self {
         Self(Arc::new(Inner {
             engine,
@@ -56,6 +59,7 @@ impl Background {
             policy,
             events,
             services,
+            audit,
         }))
     }
 
@@ -67,6 +71,7 @@ impl Background {
             inner.policy.clone(),
             inner.events.clone(),
             inner.services.clone(),
+            inner.audit.clone(),
             session,
         )?;
         state.grants.background = Some(self.clone());

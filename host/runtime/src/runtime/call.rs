@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use wasmtime::component::types::Type;
 use wasmtime::component::{Instance, InstancePre, Val};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -19,6 +19,36 @@ impl Runtime {
     /// With `record_dir` in the config, the call is also recorded there
     /// (`<component>/<time>-<function>.trace.json`), unless the component is persistent.
     pub async fn call(
+        &self,
+        component: &str,
+        function: &str,
+        args: &Value,
+        options: &CallOptions,
+    ) -> Result<CallOutcome, CallError> {
+        let outcome = self
+            .call_unaudited(component, function, args, options)
+            .await;
+        let (result, detail) = match &outcome {
+            Ok(_) => (
+                crate::audit::Outcome::Allowed,
+                json!({ "function": function }),
+            ),
+            Err(error) => (
+                crate::audit::Outcome::Failed,
+                json!({ "function": function, "error": error.kind() }),
+            ),
+        };
+        self.audit.record(
+            "component.called",
+            Some(component),
+            options.session,
+            result,
+            detail,
+        );
+        outcome
+    }
+
+    async fn call_unaudited(
         &self,
         component: &str,
         function: &str,

@@ -33,6 +33,7 @@ use wasmtime::component::{ComponentExportIndex, Instance, InstancePre, Linker};
 use wasmtime::{Engine, Store};
 
 use crate::approvals::Approvals;
+use crate::audit::AuditLog;
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::caps::dialog::Picker;
 use crate::caps::events::EventBus;
@@ -60,8 +61,13 @@ pub struct RuntimeConfig {
     /// capbridge's own files and port beyond the three directories above (the config and data
     /// directories, the bridge's port), which no grant or pick may reach.
     pub own_files: OwnFiles,
-    /// Where capbridge keeps its own state (whitelist rules); out of every component's reach.
+    /// Where capbridge keeps its own state (whitelist rules, the audit log); out of every
+    /// component's reach.
     pub state_dir: PathBuf,
+    /// Keep the audit log (in `state_dir/audit`), entries kept this long
+    /// ([`crate::audit::DEFAULT_RETENTION`]: 90 days); `None`: no audit log (the CLI's one-off
+    /// commands; `capbridge serve` keeps one).
+    pub audit_retention: Option<Duration>,
 }
 
 /// Progress while loading, for a caller to show.
@@ -169,6 +175,23 @@ pub enum CallError {
     Host(String),
 }
 
+impl CallError {
+    /// The error's kind in one word, for the audit log (whose entries hold no messages: a
+    /// trap's text may quote what the component read).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::UnknownComponent(_) => "unknown-component",
+            CallError::NotLoaded { .. } => "not-loaded",
+            CallError::UnknownFunction { .. } => "unknown-function",
+            CallError::Unsupported { .. } => "unsupported",
+            CallError::InvalidArguments(_) => "invalid-arguments",
+            CallError::Timeout(_) => "timeout",
+            CallError::Trap(_) => "trap",
+            CallError::Host(_) => "host",
+        }
+    }
+}
+
 /// No component may take the host's own name: it is the `source` of the bridge's events.
 pub const RESERVED_ID: &str = crate::caps::events::HOST_SOURCE;
 
@@ -179,6 +202,7 @@ pub struct Runtime {
     cache: CompileCache,
     events: EventBus,
     approvals: Approvals,
+    audit: AuditLog,
     services: Services,
     own_files: OwnFiles,
     components: BTreeMap<String, Entry>,
@@ -245,11 +269,16 @@ impl Runtime {
             .with_path("compile cache", &config.cache_dir)
             .with_path("state directory", &config.state_dir);
         let approvals = Approvals::default();
+        let audit = match config.audit_retention {
+            Some(retention) => AuditLog::open(&config.state_dir.join("audit"), retention)?,
+            None => AuditLog::off(),
+        };
         let services = Services::start(&HostContext {
             config: &config,
             events: &events,
             approvals: &approvals,
             own_files: &own_files,
+            audit: &audit,
         });
         Ok(Self {
             cache: CompileCache::new(&config.cache_dir),
@@ -257,6 +286,7 @@ impl Runtime {
             config,
             events,
             approvals,
+            audit,
             services,
             own_files,
             components: BTreeMap::new(),
@@ -278,6 +308,11 @@ impl Runtime {
 
     /// The prompts waiting for a person, and the way to answer them. Only the host's own faces
     /// (the terminal, `capbridge prompts`, the opted-in resolve route) reach this.
+    /// The audit log: what components and sessions did with their grants.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
     pub fn approvals(&self) -> &Approvals {
         &self.approvals
     }
@@ -410,6 +445,13 @@ impl Runtime {
                     component: id,
                     cached,
                 });
+                self.audit.record(
+                    "component.loaded",
+                    Some(id),
+                    None,
+                    crate::audit::Outcome::Allowed,
+                    serde_json::json!({ "wasm": info.wasm_path, "policy": info.policy_path }),
+                );
                 Entry {
                     info,
                     loaded: Some(Arc::new(loaded)),
@@ -421,6 +463,13 @@ impl Runtime {
                     reason: &reason,
                 });
                 tracing::warn!(component = id, "not loaded: {reason}");
+                self.audit.record(
+                    "component.refused",
+                    Some(id),
+                    None,
+                    crate::audit::Outcome::Denied,
+                    serde_json::json!({ "wasm": info.wasm_path, "reason": reason }),
+                );
                 info.status = ComponentStatus::Failed { reason };
                 Entry { info, loaded: None }
             }
@@ -526,6 +575,7 @@ impl Runtime {
             policy.clone(),
             self.events.clone(),
             services,
+            self.audit.clone(),
         );
         Ok((
             Loaded {

@@ -196,6 +196,7 @@ impl Runtime {
             policy.clone(),
             self.events.clone(),
             self.services.granted_to(&policy),
+            self.audit.clone(),
         );
         let mut store = background.store(None)?;
         store.data_mut().replay = Some(replay::Session::replay(

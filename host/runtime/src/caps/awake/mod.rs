@@ -6,6 +6,7 @@
 //! its holds released by [`AwakeService::release_where`]. Every change is published on the event
 //! bus as `awake.acquired` / `awake.released` with source `capbridge`.
 
+use crate::audit::{AuditLog, Outcome};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -84,7 +85,10 @@ impl Capability for Awake {
     }
 
     fn start(&self, host: &HostContext<'_>) -> Option<Arc<dyn Service>> {
-        Some(Arc::new(AwakeService::new(host.events.clone())))
+        Some(Arc::new(AwakeService::new(
+            host.events.clone(),
+            host.audit.clone(),
+        )))
     }
 }
 
@@ -164,6 +168,7 @@ pub struct AwakeService {
     inner: Arc<tokio::sync::Mutex<Inner>>,
     events: EventBus,
     inhibitor: Arc<dyn Inhibitor>,
+    audit: AuditLog,
 }
 
 struct Inner {
@@ -175,8 +180,11 @@ struct Inner {
 
 impl AwakeService {
     /// The service on the system's sleep inhibition (`keepawake`).
-    pub fn new(events: EventBus) -> Self {
-        Self::with_inhibitor(events, Arc::new(KeepAwakeInhibitor))
+    pub fn new(events: EventBus, audit: AuditLog) -> Self {
+        Self {
+            audit,
+            ..Self::with_inhibitor(events, Arc::new(KeepAwakeInhibitor))
+        }
     }
 
     /// The service on another inhibitor (tests use a fake).
@@ -189,6 +197,7 @@ impl AwakeService {
             })),
             events,
             inhibitor,
+            audit: AuditLog::off(),
         }
     }
 
@@ -238,6 +247,13 @@ impl AwakeService {
         inner.next_id += 1;
         inner.holds.push(hold.clone());
         tracing::info!(target: "capbridge::awake", id = %hold.id, component, ?session, "sleep prevention held");
+        self.audit.record(
+            "awake.acquired",
+            Some(component),
+            session,
+            Outcome::Allowed,
+            json!({ "hold": hold.id }),
+        );
         self.publish("awake.acquired", json!({ "hold": hold, "active": true }));
         Ok(hold)
     }
@@ -254,6 +270,13 @@ impl AwakeService {
             })?;
         let hold = inner.holds.remove(index);
         let active = self.give_back_if_unused(&mut inner).await;
+        self.audit.record(
+            "awake.released",
+            Some(&hold.component),
+            session,
+            Outcome::Allowed,
+            json!({ "hold": hold.id, "cause": "released" }),
+        );
         self.publish(
             "awake.released",
             json!({ "hold": hold, "active": active, "cause": "released" }),
@@ -273,6 +296,13 @@ impl AwakeService {
         }
         let active = self.give_back_if_unused(&mut inner).await;
         for hold in &gone {
+            self.audit.record(
+                "awake.released",
+                Some(&hold.component),
+                hold.session,
+                Outcome::Allowed,
+                json!({ "hold": hold.id, "cause": "session-ended" }),
+            );
             self.publish(
                 "awake.released",
                 json!({ "hold": hold, "active": active, "cause": "session-ended" }),

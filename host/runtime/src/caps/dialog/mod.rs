@@ -108,10 +108,10 @@ impl Capability for Dialog {
     }
 
     fn start(&self, host: &HostContext<'_>) -> Option<Arc<dyn Service>> {
-        Some(Arc::new(DialogService::new(
-            host.config.picker.clone(),
-            host.own_files.clone(),
-        )))
+        Some(Arc::new(DialogService {
+            audit: host.audit.clone(),
+            ..DialogService::new(host.config.picker.clone(), host.own_files.clone())
+        }))
     }
 }
 
@@ -193,6 +193,7 @@ pub struct DialogService {
     picks: Arc<Mutex<Picks>>,
     /// capbridge's own directories: a pick that is one of them or contains one is refused.
     own_files: OwnFiles,
+    audit: crate::audit::AuditLog,
 }
 
 #[derive(Default)]
@@ -216,6 +217,7 @@ impl DialogService {
         Self {
             chooser,
             own_files,
+            audit: crate::audit::AuditLog::off(),
             picks: Arc::new(Mutex::new(Picks {
                 next_id: 1,
                 all: Vec::new(),
@@ -334,6 +336,13 @@ impl DialogService {
             ?access,
             "granted: picked {what} for this session"
         );
+        self.audit.record(
+            "file.picked",
+            Some(component),
+            Some(session),
+            crate::audit::Outcome::Allowed,
+            serde_json::json!({ "pick": pick.id, "path": pick.host_path, "access": format!("{access:?}").to_lowercase() }),
+        );
         picks.all.push(pick.clone());
         Ok(Some(pick))
     }
@@ -421,6 +430,13 @@ impl DialogService {
                 .map_err(|e| GuestError::Unavailable(e.to_string()))?;
         written.map_err(|e| files::guest_error(&pick.host_path, e))?;
         tracing::info!(target: "capbridge::audit", component, path = %pick.host_path.display(), "picked file written");
+        self.audit.record(
+            "file.written",
+            Some(component),
+            session,
+            crate::audit::Outcome::Allowed,
+            serde_json::json!({ "pick": id, "path": pick.host_path }),
+        );
         Ok(())
     }
 

@@ -20,6 +20,7 @@ mod registry;
 mod tests;
 mod transport;
 
+use crate::audit::{AuditLog, Outcome};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -279,6 +280,7 @@ impl Capability for Mcp {
             host.approvals.clone(),
             &host.config.state_dir,
             host.own_files.clone(),
+            host.audit.clone(),
         ))
     }
 }
@@ -367,6 +369,7 @@ pub struct McpService {
     this: Weak<McpService>,
     events: EventBus,
     approvals: Approvals,
+    audit: AuditLog,
     own_files: OwnFiles,
     registry: registry::Registry,
     servers: Mutex<BTreeMap<Key, Server>>,
@@ -379,6 +382,7 @@ impl McpService {
         approvals: Approvals,
         state_dir: &std::path::Path,
         own_files: OwnFiles,
+        audit: AuditLog,
     ) -> Arc<Self> {
         let (registry, entries) = registry::Registry::open(state_dir);
         let servers = entries
@@ -393,6 +397,7 @@ impl McpService {
             this: this.clone(),
             events,
             approvals,
+            audit,
             own_files,
             registry,
             servers: Mutex::new(servers),
@@ -502,6 +507,7 @@ impl McpService {
         check_name(&name)?;
         let program_path = self.check(policy, &transport, None).map(|a| a.program_path()).inspect_err(|e| {
             tracing::warn!(target: "capbridge::audit", component = %policy.component_id, server = %id, "MCP server refused: {}", error_text(e));
+            self.audit.record("mcp.refused", Some(&policy.component_id), None, Outcome::Denied, json!({ "server": id }));
         })?;
         let component = policy.component_id.clone();
         let mut servers = self.lock();
@@ -656,6 +662,13 @@ impl McpService {
             .ask(prompt)
             .map_err(|e| GuestError::Unavailable(e.to_string()))?;
         tracing::info!(target: "capbridge::audit", request = %prompt.id, component, ?session, server = id, summary = %prompt.summary, "approval asked");
+        self.audit.record(
+            "prompt.asked",
+            Some(component),
+            session,
+            Outcome::Allowed,
+            json!({ "request": prompt.id, "kind": "mcp-server", "server": id, "summary": prompt.summary }),
+        );
         self.publish(
             "system.permission.prompt",
             session,
@@ -691,6 +704,13 @@ impl McpService {
             return;
         };
         tracing::info!(target: "capbridge::audit", request, component, server = id, decision = answer.decision.as_str(), by = answer.by.as_str(), "approval decided");
+        self.audit.record(
+            "prompt.decided",
+            Some(component),
+            None,
+            if answer.decision == Decision::Reject { Outcome::Denied } else { Outcome::Allowed },
+            json!({ "request": request, "server": id, "decision": answer.decision.as_str(), "by": answer.by.as_str() }),
+        );
         self.publish(
             "system.permission.decided",
             session,
@@ -959,6 +979,13 @@ impl McpService {
         server.message = Some(why.clone());
         drop(servers);
         tracing::warn!(target: "capbridge::audit", component = %k.0, server = %k.1, "MCP server failed: {why}");
+        self.audit.record(
+            "mcp.failed",
+            Some(&k.0),
+            None,
+            Outcome::Failed,
+            json!({ "server": k.1 }),
+        );
         self.publish(
             "mcp.server.failed",
             None,
@@ -1012,6 +1039,13 @@ impl McpService {
         };
         if let Some(connection) = connection {
             tracing::info!(target: "capbridge::audit", component, server = id, "MCP server disconnected");
+            self.audit.record(
+                "mcp.disconnected",
+                Some(component),
+                None,
+                Outcome::Allowed,
+                json!({ "server": id }),
+            );
             self.publish("mcp.server.disconnected", None, json!({ "serverId": id }));
             connection.fail_tickets(&format!("MCP server `{id}` was disconnected"));
             connection.end().await;
@@ -1078,6 +1112,13 @@ impl McpService {
             .flatten()
             .unwrap_or(serde_json::Value::Null);
         tracing::info!(target: "capbridge::audit", component = %k.0, server = %k.1, protocol = %version, "MCP server connected");
+        self.audit.record(
+            "mcp.connected",
+            Some(&k.0),
+            None,
+            Outcome::Allowed,
+            json!({ "server": k.1, "protocol": version }),
+        );
         self.publish(
             "mcp.server.connected",
             None,

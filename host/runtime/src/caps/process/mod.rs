@@ -37,6 +37,7 @@ use super::capbridge::host::process::{
 use super::events::{Event, EventBus};
 use super::{Capability, GuestError, HostContext, Service};
 use crate::approvals::{now_ms, Answer, Approvals, Decider, Decision, Prompt};
+use crate::audit::{AuditLog, Outcome};
 use crate::own_files::OwnFiles;
 use crate::state::HostState;
 
@@ -262,6 +263,7 @@ impl Capability for Process {
             host.approvals.clone(),
             RuleStore::open(&host.config.state_dir),
             host.own_files.clone(),
+            host.audit.clone(),
         )))
     }
 
@@ -512,6 +514,7 @@ pub struct Request {
 /// The host-wide state: runs, rules, and the way to the person.
 pub struct ProcessService {
     events: EventBus,
+    audit: AuditLog,
     approvals: Approvals,
     rules: RuleStore,
     runs: Mutex<BTreeMap<u64, Arc<runner::RunRecord>>>,
@@ -537,9 +540,11 @@ impl ProcessService {
         approvals: Approvals,
         rules: RuleStore,
         own_files: OwnFiles,
+        audit: AuditLog,
     ) -> Self {
         Self {
             own_files,
+            audit,
             closed: Mutex::new(Closed::default()),
             events,
             approvals,
@@ -568,6 +573,13 @@ impl ProcessService {
                     Refusal::Busy(why) => ("busy", why),
                 };
                 tracing::warn!(target: "capbridge::audit", component, ?session, kind = request.kind.as_str(), program = %request.template.program, code, "command refused: {why}");
+                self.audit.record(
+                    "process.refused",
+                    Some(&component),
+                    session,
+                    Outcome::Denied,
+                    json!({ "kind": request.kind.as_str(), "program": request.template.program, "code": code }),
+                );
                 return Err(refusal);
             }
         };
@@ -606,6 +618,7 @@ impl ProcessService {
         })?;
         let events = runner::RunEvents {
             bus: self.events.clone(),
+            audit: self.audit.clone(),
             session,
             run_id: id.clone(),
         };
@@ -623,7 +636,15 @@ impl ProcessService {
                 info.approval = Some("rule".into());
                 info.rule_id = Some(rule.id.clone());
             });
-            tracing::info!(target: "capbridge::audit", run = %id, component, ?session, rule = %rule.id, command = %template::display(&request.template.program, &request.template.args), "command allowed by whitelist rule");
+            let command = template::display(&request.template.program, &request.template.args);
+            tracing::info!(target: "capbridge::audit", run = %id, component, ?session, rule = %rule.id, %command, "command allowed by whitelist rule");
+            self.audit.record(
+                "process.allowed",
+                Some(&component),
+                session,
+                Outcome::Allowed,
+                json!({ "run": id, "rule": rule.id, "command": command }),
+            );
             tokio::spawn(runner::run(launch, record, events));
             return Ok(info);
         }
@@ -688,6 +709,13 @@ impl ProcessService {
         };
         let info = record.update(|info| info.request_id = Some(prompt.id.clone()));
         tracing::info!(target: "capbridge::audit", run = %id, request = %prompt.id, component, ?session, kind = request.kind.as_str(), command = %prompt.summary, cwd = ?prompt.cwd, "approval asked");
+        self.audit.record(
+            "prompt.asked",
+            Some(&component),
+            session,
+            Outcome::Allowed,
+            json!({ "request": prompt.id, "run": id, "kind": request.kind.as_str(), "command": prompt.summary }),
+        );
         self.publish(
             "system.permission.prompt",
             session,
@@ -726,6 +754,13 @@ impl ProcessService {
             ) {
                 Ok(rule) => {
                     tracing::info!(target: "capbridge::audit", rule = %rule.id, component = %rule.component, by = answer.by.as_str(), command = %prompt.summary, "whitelist rule added");
+                    self.audit.record(
+                        "rule.created",
+                        Some(&rule.component),
+                        prompt.session,
+                        Outcome::Allowed,
+                        json!({ "rule": rule.id, "by": answer.by.as_str(), "command": prompt.summary }),
+                    );
                     self.publish(
                         "system.permission.whitelist.updated",
                         None,
@@ -739,6 +774,13 @@ impl ProcessService {
             }
         }
         tracing::info!(target: "capbridge::audit", run = ?prompt.run_id, request = %prompt.id, component = %prompt.component, session = ?prompt.session, decision, by = answer.by.as_str(), rule = ?rule_id, "approval decided");
+        self.audit.record(
+            "prompt.decided",
+            Some(&prompt.component),
+            prompt.session,
+            if answer.decision == Decision::Reject { Outcome::Denied } else { Outcome::Allowed },
+            json!({ "request": prompt.id, "run": prompt.run_id, "decision": decision, "by": answer.by.as_str(), "rule": rule_id }),
+        );
         self.publish(
             "system.permission.decided",
             prompt.session,
@@ -962,6 +1004,13 @@ impl ProcessService {
             return;
         }
         tracing::info!(target: "capbridge::audit", run = %info.id, component = %info.component, "command terminate asked");
+        self.audit.record(
+            "process.terminated",
+            Some(&info.component),
+            info.session,
+            Outcome::Allowed,
+            json!({ "run": info.id }),
+        );
         record.stop.send_replace(true);
         if let Some(request) = info
             .request_id
@@ -999,6 +1048,13 @@ impl ProcessService {
         match self.rules.delete(component, id) {
             Ok(Some(rule)) => {
                 tracing::info!(target: "capbridge::audit", rule = %rule.id, component, "whitelist rule deleted");
+                self.audit.record(
+                    "rule.deleted",
+                    Some(component),
+                    None,
+                    Outcome::Allowed,
+                    json!({ "rule": rule.id }),
+                );
                 self.publish(
                     "system.permission.whitelist.updated",
                     None,

@@ -166,6 +166,7 @@ impl RunRecord {
 #[derive(Clone)]
 pub struct RunEvents {
     pub bus: EventBus,
+    pub audit: crate::audit::AuditLog,
     pub session: Option<u64>,
     pub run_id: String,
 }
@@ -215,6 +216,13 @@ pub async fn run(launch: Launch, record: Arc<RunRecord>, events: RunEvents) {
                 info.message = Some(message.clone());
             });
             tracing::info!(target: "capbridge::audit", run = %info.id, component = %info.component, "command failed to start: {message}");
+            events.audit.record(
+                "process.started",
+                Some(&info.component),
+                info.session,
+                crate::audit::Outcome::Failed,
+                json!({ "run": info.id, "program": info.program_path }),
+            );
             events.publish(
                 "system.command.failed",
                 json!({ "reason": "spawn", "message": message }),
@@ -230,6 +238,13 @@ pub async fn run(launch: Launch, record: Arc<RunRecord>, events: RunEvents) {
         info.started_at_ms = Some(now_ms());
     });
     tracing::info!(target: "capbridge::audit", run = %info.id, component = %info.component, session = ?info.session, program = %info.program_path, containment = containment.name(), "command started");
+    events.audit.record(
+        "process.started",
+        Some(&info.component),
+        info.session,
+        crate::audit::Outcome::Allowed,
+        json!({ "run": info.id, "program": info.program_path, "containment": containment.name() }),
+    );
     events.publish(
         "system.command.started",
         json!({
@@ -314,6 +329,13 @@ pub async fn run(launch: Launch, record: Arc<RunRecord>, events: RunEvents) {
         }
     });
     tracing::info!(target: "capbridge::audit", run = %info.id, component = %info.component, status = info.status.as_str(), exit_code = ?exit_code, signal = ?signal, "command ended");
+    events.audit.record(
+        "process.ended",
+        Some(&info.component),
+        info.session,
+        crate::audit::Outcome::Allowed,
+        json!({ "run": info.id, "status": info.status.as_str(), "exitCode": exit_code, "signal": signal }),
+    );
     let summary = json!({
         "exitCode": info.exit_code,
         "signal": info.signal,
