@@ -190,7 +190,12 @@ async fn shell_examples_in_the_contract_print_what_the_doc_shows() {
         origins: vec![APP_ORIGIN.to_string()],
         ..Default::default()
     };
-    let bridge = Bridge::start(fixture.runtime(), config).await;
+    // The audit log on, as `capbridge serve` keeps it.
+    let runtime = capbridge_tests::runtime_with(capbridge_runtime::RuntimeConfig {
+        audit_retention: Some(capbridge_runtime::audit::DEFAULT_RETENTION),
+        ..fixture.config()
+    });
+    let bridge = Bridge::start(runtime, config).await;
 
     // One script: each block's stdout goes to its own file; stderr names the block running.
     let out = tempfile::tempdir().expect("temp dir");
