@@ -176,6 +176,19 @@ enum PolicyCommand {
     },
     /// Print the JSON Schema of the policy format.
     Schema,
+    /// What a change to a policy widens or narrows, grant by grant; risky widenings flagged.
+    Diff {
+        /// The policy before the change.
+        old: PathBuf,
+        /// The policy after it.
+        new: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Exit with status 3 when a widening is flagged RISK (for a review gate in CI).
+        #[arg(long)]
+        deny_risky: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -228,6 +241,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .extend(caps::explain_among(&policy, &others));
             print!("{explanation}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Diff {
+            old,
+            new,
+            json,
+            deny_risky,
+        }) => {
+            // Both are versions of one component's policy: the new file's name is its id.
+            let id = new
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let before = caps::load_policy(&id, &old)?;
+            let after = caps::load_policy(&id, &new)?;
+            let diff = capbridge_policy::diff(&before, &after);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diff)?);
+            } else {
+                print!("{diff}");
+            }
+            Ok(if deny_risky && diff.risky_widenings().next().is_some() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Policy(PolicyCommand::Schema) => {
             println!("{}", serde_json::to_string_pretty(&caps::policy_schema())?);

@@ -112,15 +112,7 @@ impl Policy {
         });
         lines.extend(self.explain_limits());
         lines.extend(self.explain_directories());
-        for name in &self.environment {
-            let risk = looks_secret(name).then(|| {
-                "the name suggests a secret; the component can read its value".to_string()
-            });
-            lines.push(ExplainLine::risky(
-                format!("Can read the host environment variable {name}."),
-                risk,
-            ));
-        }
+        lines.extend(self.explain_environment());
         for entry in &self.grants {
             if let Some(grant) = &entry.grant {
                 lines.extend(grant.explain(self));
@@ -156,7 +148,22 @@ impl Policy {
         }
     }
 
-    fn explain_limits(&self) -> Vec<ExplainLine> {
+    pub(crate) fn explain_environment(&self) -> Vec<ExplainLine> {
+        self.environment
+            .iter()
+            .map(|name| {
+                let risk = looks_secret(name).then(|| {
+                    "the name suggests a secret; the component can read its value".to_string()
+                });
+                ExplainLine::risky(
+                    format!("Can read the host environment variable {name}."),
+                    risk,
+                )
+            })
+            .collect()
+    }
+
+    pub(crate) fn explain_limits(&self) -> Vec<ExplainLine> {
         let limits = &self.limits;
         let deadline = describe_duration(limits.deadline);
         let memory = describe_bytes(limits.memory_bytes);
@@ -186,7 +193,7 @@ impl Policy {
         ]
     }
 
-    fn explain_directories(&self) -> Vec<ExplainLine> {
+    pub(crate) fn explain_directories(&self) -> Vec<ExplainLine> {
         // $HOME as written and, if it is a symbolic link, where it points.
         let homes: Vec<PathBuf> = self
             .home

@@ -35,6 +35,10 @@ pub trait GrantKind: Send + Sync {
 
     /// What a component whose policy lacks this key cannot do (`no sleep prevention`).
     fn not_granted(&self) -> &'static str;
+
+    /// What `policy diff` treats as a widening of this grant, for the grant reference
+    /// (`granted where it was not`, `a topic pattern added`).
+    fn widening(&self) -> &'static str;
 }
 
 /// A granted capability's scope, as read from the policy; the capability's host code reads it
@@ -47,6 +51,16 @@ pub trait Grant: Any + Debug + Send + Sync {
     /// `None` for a grant that is only on or off.
     fn scope(&self) -> Option<String> {
         None
+    }
+
+    /// What it reaches, one comparable item each (a topic pattern, an origin, a program), with
+    /// the risk `explain` flags: `policy diff` compares these. By default its explain lines,
+    /// each an item of its own.
+    fn reach(&self, policy: &Policy) -> Vec<crate::Reach> {
+        self.explain(policy)
+            .into_iter()
+            .map(crate::Reach::line)
+            .collect()
     }
 }
 

@@ -14,6 +14,7 @@
 //!
 //! Deny by default: anything absent from the file is not granted, and unknown keys are errors.
 
+mod diff;
 mod explain;
 mod file;
 mod grant;
@@ -23,6 +24,7 @@ mod policy;
 pub mod testing;
 mod topic;
 
+pub use diff::{diff, Change, Direction, PolicyDiff, Reach};
 pub use explain::{looks_secret, ExplainLine, Explanation};
 pub use file::{
     Access, BaselineGrantsFile, DirectoryGrantFile, GrantsFile, InstanceMode, LimitsFile,

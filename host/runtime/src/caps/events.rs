@@ -30,6 +30,14 @@ impl EventsGrant {
 }
 
 impl Grant for EventsGrant {
+    fn reach(&self, policy: &Policy) -> Vec<capbridge_policy::Reach> {
+        self.patterns
+            .iter()
+            .zip(self.explain(policy))
+            .map(|(pattern, line)| capbridge_policy::Reach::new("topic", pattern.to_string(), line))
+            .collect()
+    }
+
     fn scope(&self) -> Option<String> {
         let topics: Vec<String> = self.patterns.iter().map(ToString::to_string).collect();
         Some(topics.join(", "))
@@ -82,6 +90,10 @@ impl GrantKind for Events {
 
     fn not_granted(&self) -> &'static str {
         "no events: it cannot publish on the event bus"
+    }
+
+    fn widening(&self) -> &'static str {
+        "a topic pattern added (`*` flagged)"
     }
 }
 

@@ -43,6 +43,10 @@ impl GrantKind for Log {
     fn not_granted(&self) -> &'static str {
         "no host log"
     }
+
+    fn widening(&self) -> &'static str {
+        "granted where it was not"
+    }
 }
 
 impl Capability for Log {

@@ -108,16 +108,17 @@ pub fn explain_among(policy: &Policy, others: &[&Policy]) -> Vec<ExplainLine> {
 /// for the grant tables in docs/policy.md and docs/components.md.
 pub fn grant_table() -> String {
     let mut table = String::from(
-        "| grant | linked when granted | lets the component | without it |\n|---|---|---|---|\n",
+        "| grant | linked when granted | lets the component | without it | `policy diff` calls a widening |\n|---|---|---|---|---|\n",
     );
     for cap in ALL {
         let interfaces: Vec<String> = cap.interfaces().iter().map(|i| format!("`{i}`")).collect();
         table.push_str(&format!(
-            "| `grants.{}` | {} | {} | {} |\n",
+            "| `grants.{}` | {} | {} | {} | {} |\n",
             cap.key(),
             interfaces.join(", "),
             cap.summary(),
-            cap.not_granted()
+            cap.not_granted(),
+            cap.widening()
         ));
     }
     table

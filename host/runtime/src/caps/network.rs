@@ -106,6 +106,10 @@ impl GrantKind for Network {
     fn not_granted(&self) -> &'static str {
         "no network: it cannot make HTTP(S) requests"
     }
+
+    fn widening(&self) -> &'static str {
+        "an origin added (each flagged: data leaves the machine; a private address reaches local services); `:*` for a port counts as a new origin"
+    }
 }
 
 impl Capability for Network {

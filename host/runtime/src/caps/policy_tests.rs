@@ -740,3 +740,156 @@ mod docs {
         }
     }
 }
+
+mod diff {
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        Policy::parse_with_home(
+            "probe",
+            std::path::Path::new("probe.toml"),
+            &format!("version = 1\n{text}"),
+            Some(std::path::Path::new("/home/person")),
+            &kinds(),
+        )
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    /// (where, direction, risky) of each change from `old` to `new`.
+    fn changes(old: &str, new: &str) -> Vec<(String, Direction, bool)> {
+        capbridge_policy::diff(&policy(old), &policy(new))
+            .changes
+            .into_iter()
+            .map(|c| (c.at, c.direction, c.risk.is_some()))
+            .collect()
+    }
+
+    fn w(at: &str, risky: bool) -> (String, Direction, bool) {
+        (at.to_string(), Direction::Widens, risky)
+    }
+
+    fn n(at: &str) -> (String, Direction, bool) {
+        (at.to_string(), Direction::Narrows, false)
+    }
+
+    #[test]
+    fn a_table_of_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("a/b"));
+        std::fs::create_dir_all(&b).unwrap();
+        let files = |path: &std::path::Path, access: &str| {
+            format!(
+                "[[grants.directories]]\nhost = \"{}\"\nguest = \"/w\"\naccess = \"{access}\"\n",
+                path.display()
+            )
+        };
+        let table: Vec<(&str, String, String, Vec<(String, Direction, bool)>)> = vec![
+            ("no change", String::new(), String::new(), vec![]),
+            (
+                "a key granted",
+                String::new(),
+                "[grants]\nlog = true".into(),
+                vec![w("grants.log", false)],
+            ),
+            (
+                "a key taken away",
+                "[grants]\nawake = true".into(),
+                String::new(),
+                vec![n("grants.awake")],
+            ),
+            (
+                "a topic below a granted pattern is no widening",
+                "[grants]\nevents = [\"echo.*\"]".into(),
+                "[grants]\nevents = [\"echo.*\", \"echo.said\"]".into(),
+                vec![],
+            ),
+            (
+                "every topic: risky",
+                "[grants]\nevents = [\"echo.*\"]".into(),
+                "[grants]\nevents = [\"*\"]".into(),
+                vec![w("grants.events", true)],
+            ),
+            (
+                "a new origin",
+                "[grants]\nnetwork = [\"https://api.example\"]".into(),
+                "[grants]\nnetwork = [\"https://api.example\", \"http://127.0.0.1:8080\"]".into(),
+                vec![w("grants.network", true)],
+            ),
+            (
+                "any program to two named ones narrows",
+                "[grants.process]\nprograms = [\"*\"]\nworking-directories = [\"~\"]".into(),
+                "[grants.process]\nprograms = [\"git\", \"npm\"]\nworking-directories = [\"~\"]".into(),
+                vec![n("grants.process")],
+            ),
+            (
+                "a program added is risky, a working directory below a granted one is not",
+                "[grants.process]\nprograms = [\"git\"]\nworking-directories = [\"~\"]".into(),
+                "[grants.process]\nprograms = [\"git\", \"npm\"]\nworking-directories = [\"~\", \"~/src\"]".into(),
+                vec![w("grants.process", true)],
+            ),
+            (
+                "read-only to read-write widens; the read is covered",
+                files(&a, "read-only"),
+                files(&a, "read-write"),
+                vec![w("grants.directories", true)],
+            ),
+            (
+                "a subdirectory of a read-write grant is covered",
+                files(&a, "read-write"),
+                files(&a, "read-write") + &files(&b, "read-only").replace("/w", "/x"),
+                vec![],
+            ),
+            (
+                "a secret-looking variable",
+                String::new(),
+                "[grants]\nenvironment = [\"GITHUB_TOKEN\"]".into(),
+                vec![w("grants.environment", true)],
+            ),
+            (
+                "more memory widens, flagged past 1 GiB; a shorter deadline narrows",
+                "[limits]\nmemory-mib = 64\ndeadline-ms = 60000".into(),
+                "[limits]\nmemory-mib = 2048\ndeadline-ms = 1000".into(),
+                vec![n("limits.deadline-ms"), w("limits.memory-mib", true)],
+            ),
+            (
+                "a persistent instance",
+                String::new(),
+                "instance = \"persistent\"".into(),
+                vec![w("instance", true)],
+            ),
+            (
+                "a system program",
+                "[grants.system]\nprograms = [\"git\"]".into(),
+                "[grants.system]\nprograms = [\"git\", \"curl\"]".into(),
+                vec![w("grants.system", true)],
+            ),
+            (
+                "an MCP URL",
+                "[grants.mcp]\nurls = [\"http://127.0.0.1:*\"]".into(),
+                "[grants.mcp]\nurls = [\"http://127.0.0.1:*\", \"https://mcp.example\"]".into(),
+                vec![w("grants.mcp", true)],
+            ),
+        ];
+        for (what, old, new, expected) in table {
+            assert_eq!(changes(&old, &new), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_text_names_each_change_and_flags_risk() {
+        let diff = capbridge_policy::diff(
+            &policy("[grants]\nevents = [\"echo.said\"]"),
+            &policy("[grants]\nevents = [\"*\"]\nlog = true"),
+        );
+        let text = diff.to_string();
+        assert!(
+            text.contains("2 widenings (1 flagged RISK), 0 narrowings."),
+            "{text}"
+        );
+        assert!(
+            text.contains("grants.events\n  + RISK: Can publish events on every topic (*)."),
+            "{text}"
+        );
+        assert!(text.contains("grants.log\n  + "), "{text}");
+    }
+}

@@ -41,6 +41,23 @@ pub struct SystemGrantFile {
 }
 
 impl Grant for SystemGrant {
+    fn reach(&self, _policy: &Policy) -> Vec<capbridge_policy::Reach> {
+        use capbridge_policy::Reach;
+        let mut items = vec![Reach::line(ExplainLine::plain(
+            "Can read the machine's OS name and version, architecture, kernel release and \
+             login shell."
+                .to_string(),
+        ))];
+        items.extend(self.programs.iter().map(|program| {
+            let line = ExplainLine::risky(
+                format!("Can run {program} --version, where it lies in a granted directory."),
+                Some("it starts a host process".to_string()),
+            );
+            Reach::new("program", program.clone(), line)
+        }));
+        items
+    }
+
     fn scope(&self) -> Option<String> {
         (!self.programs.is_empty()).then(|| format!("(--version of {})", self.programs.join(", ")))
     }
@@ -103,6 +120,10 @@ impl GrantKind for System {
 
     fn not_granted(&self) -> &'static str {
         "no system facts and no programs to run"
+    }
+
+    fn widening(&self) -> &'static str {
+        "granted where it was not, or a program added to `programs` (flagged: it starts host processes)"
     }
 }
 

@@ -69,6 +69,10 @@ impl GrantKind for Awake {
     fn not_granted(&self) -> &'static str {
         "no sleep prevention"
     }
+
+    fn widening(&self) -> &'static str {
+        "granted where it was not"
+    }
 }
 
 impl Capability for Awake {

@@ -92,6 +92,10 @@ impl GrantKind for Dialog {
     fn not_granted(&self) -> &'static str {
         "no native pickers"
     }
+
+    fn widening(&self) -> &'static str {
+        "granted where it was not (flagged: what a person picks is opened to the component)"
+    }
 }
 
 impl Capability for Dialog {

@@ -146,6 +146,21 @@ pub struct McpGrantFile {
 }
 
 impl Grant for McpGrant {
+    fn reach(&self, _policy: &Policy) -> Vec<capbridge_policy::Reach> {
+        let mut items = self.launch.launch_reach("MCP servers");
+        items.extend(self.urls.iter().map(|url| {
+            let line = ExplainLine::risky(
+                format!(
+                    "MCP servers may be reached over HTTP at {}, each approved by a person.",
+                    url.text
+                ),
+                Some("the web app's requests to the server leave through capbridge".to_string()),
+            );
+            capbridge_policy::Reach::new("url", url.text.clone(), line)
+        }));
+        items
+    }
+
     fn scope(&self) -> Option<String> {
         let mut scope: Vec<&str> = self.launch.programs.iter().map(String::as_str).collect();
         scope.extend(self.urls.iter().map(|u| u.text.as_str()));
@@ -257,6 +272,10 @@ impl GrantKind for Mcp {
 
     fn not_granted(&self) -> &'static str {
         "no MCP servers: it cannot register, start or reach any"
+    }
+
+    fn widening(&self) -> &'static str {
+        "a program (flagged), working directory, inherited variable or URL origin (flagged) added"
     }
 }
 

@@ -103,9 +103,54 @@ impl ProcessGrant {
     }
 }
 
+impl ProcessGrant {
+    /// One item per program, working directory and variable (`policy diff`); `runs` names what
+    /// is started (`runs`, `servers`).
+    pub(crate) fn launch_reach(&self, runs: &str) -> Vec<capbridge_policy::Reach> {
+        use capbridge_policy::Reach;
+        let mut items: Vec<Reach> = self
+            .programs
+            .iter()
+            .map(|program| {
+                let what = if program == "*" {
+                    "any program".to_string()
+                } else {
+                    format!("the program {program}")
+                };
+                let line = ExplainLine::risky(
+                    format!("{runs} may run {what}, each approved by a person."),
+                    Some("an approved program runs as you, outside any sandbox".to_string()),
+                );
+                Reach::new("program", program.clone(), line)
+            })
+            .collect();
+        items.extend(self.working_directories.iter().map(|dir| {
+            let line = ExplainLine::plain(format!("{runs} may work in {}.", dir.display()));
+            let below = format!("{}/*", dir.display().to_string().trim_end_matches('/'));
+            Reach::new("working-directory", below, line)
+        }));
+        items.extend(self.inherit_environment.iter().map(|name| {
+            let line = ExplainLine::plain(format!("{runs} get capbridge's variable {name}."));
+            Reach::new("inherited-variable", name.clone(), line)
+        }));
+        items.extend(self.request_environment.iter().map(|name| {
+            let line = ExplainLine::risky(
+                format!("Requests may set {name}, which changes how programs load or run."),
+                Some("it can make an approved program load or run other code".to_string()),
+            );
+            Reach::new("request-variable", name.clone(), line)
+        }));
+        items
+    }
+}
+
 impl Grant for ProcessGrant {
     fn scope(&self) -> Option<String> {
         Some(format!("({})", self.programs.join(", ")))
+    }
+
+    fn reach(&self, _policy: &Policy) -> Vec<capbridge_policy::Reach> {
+        self.launch_reach("Runs")
     }
 
     fn explain(&self, _policy: &Policy) -> Vec<ExplainLine> {
@@ -185,6 +230,10 @@ impl GrantKind for Process {
 
     fn not_granted(&self) -> &'static str {
         "no processes: it cannot ask to run anything"
+    }
+
+    fn widening(&self) -> &'static str {
+        "a program added (flagged), a working directory, an inherited variable, or a request variable (flagged) added"
     }
 }
 
