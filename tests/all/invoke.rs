@@ -285,7 +285,7 @@ fn the_second_start_compiles_nothing() {
     };
     let load = |config| {
         let mut events = Vec::new();
-        let mut runtime = Runtime::new(config).unwrap();
+        let runtime = Runtime::new(config).unwrap();
         runtime
             .load_all(&mut |e| {
                 events.push(match e {

@@ -14,6 +14,7 @@ mod commands;
 mod contract_doc;
 mod filesystem;
 mod invoke;
+mod live;
 mod mcp;
 mod replay;
 mod sandbox;

@@ -113,7 +113,7 @@ impl Fixture {
 }
 
 pub fn runtime_with(config: RuntimeConfig) -> Runtime {
-    let mut runtime = Runtime::new(config).expect("engine");
+    let runtime = Runtime::new(config).expect("engine");
     runtime.load_all(&mut |_| {}).expect("load");
     runtime
 }
@@ -158,10 +158,18 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the contract server on 127.0.0.1:0 with `config` (its `port` is ignored).
     pub async fn start(runtime: Runtime, config: capbridge_api::BridgeConfig) -> Self {
+        Self::start_shared(std::sync::Arc::new(runtime), config).await
+    }
+
+    /// [`Bridge::start`] with a runtime the test keeps a handle on (to watch it, say).
+    pub async fn start_shared(
+        runtime: std::sync::Arc<Runtime>,
+        config: capbridge_api::BridgeConfig,
+    ) -> Self {
         let listener = capbridge_api::bind(0).await.expect("bind 127.0.0.1:0");
         let server = capbridge_api::Server::start(
             listener,
-            std::sync::Arc::new(runtime),
+            runtime,
             config,
             capbridge_api::ServeOptions::default(),
         )

@@ -57,7 +57,8 @@ pub struct Shared {
     pub origins: Vec<String>,
     pub sessions: session::Sessions,
     pub connections: connlog::ConnectionLog,
-    pub commands: Registry,
+    /// The command registry and the runtime generation it was built from.
+    commands: std::sync::Mutex<(u64, Arc<Registry>)>,
     pub started: SystemTime,
     shutdown: watch::Sender<bool>,
     /// The event sockets' tasks, so shutdown can wait for their goodbyes.
@@ -75,7 +76,10 @@ impl Shared {
     ) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
         Ok(Arc::new(Shared {
-            commands: Registry::new(&runtime),
+            commands: std::sync::Mutex::new((
+                runtime.generation(),
+                Arc::new(Registry::new(&runtime)),
+            )),
             runtime,
             origins: config.allowed_origins(),
             hosts: security::allowed_hosts(port),
@@ -88,6 +92,16 @@ impl Shared {
             shutdown: watch::channel(false).0,
             sockets: TaskTracker::new(),
         }))
+    }
+
+    /// The command registry of the components loaded now (rebuilt after a reload).
+    pub fn commands(&self) -> Arc<Registry> {
+        let mut commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.runtime.generation();
+        if commands.0 != generation {
+            *commands = (generation, Arc::new(Registry::new(&self.runtime)));
+        }
+        commands.1.clone()
     }
 
     /// Publishes one of the bridge's own events (`bridge.*`) on the bus components use too.

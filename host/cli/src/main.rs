@@ -176,6 +176,9 @@ enum PolicyCommand {
     },
     /// Print the JSON Schema of the policy format.
     Schema,
+    /// Record each component's and policy's SHA-256 in `<policy dir>/capbridge.lock`: from
+    /// then on a component loads only while both match (review first, then pin).
+    Pin,
     /// What a change to a policy widens or narrows, grant by grant; risky widenings flagged.
     Diff {
         /// The policy before the change.
@@ -268,6 +271,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Policy(PolicyCommand::Pin) => {
+            let pins =
+                capbridge_runtime::pins::Pins::pin(&config.components_dir, &config.policy_dir)?;
+            for (id, pin) in &pins.components {
+                println!("{id}\n  wasm   {}\n  policy {}", pin.wasm, pin.policy);
+            }
+            println!(
+                "pinned {} component(s) in {}",
+                pins.components.len(),
+                pins.path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Policy(PolicyCommand::Schema) => {
             println!("{}", serde_json::to_string_pretty(&caps::policy_schema())?);
             Ok(ExitCode::SUCCESS)
@@ -279,13 +295,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Component(ComponentCommand::List { json }) => {
             let runtime = load(config)?;
             if json {
-                let list: Vec<&ComponentInfo> = runtime.components().collect();
+                let list: Vec<ComponentInfo> = runtime.components();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for info in runtime.components() {
-                    print_component(info);
+                    print_component(&info);
                 }
-                if runtime.components().next().is_none() {
+                if runtime.components().is_empty() {
                     println!(
                         "no components in {}",
                         runtime.config().components_dir.display()
@@ -420,11 +436,12 @@ fn serve(
         ..config
     };
     let runtime = Arc::new(load(config)?);
-    let loaded = runtime
-        .components()
+    let components = runtime.components();
+    let loaded = components
+        .iter()
         .filter(|c| c.status == ComponentStatus::Loaded)
         .count();
-    let total = runtime.components().count();
+    let total = components.len();
     tokio.block_on(async {
         // Before the address is printed: whoever reads it may send SIGTERM at once.
         let mut terminate =
@@ -436,6 +453,8 @@ fn serve(
         let origins = bridge.allowed_origins();
         let mode = bridge.mode;
         let server = Server::start(listener, runtime.clone(), bridge, options)?;
+        // Components and policies dropped in, changed or removed take effect without a restart.
+        let _watcher = runtime.watch()?;
         let socket = prompts::socket_path(server.addr().port());
         let prompt_socket = prompts::bind(&socket).await?;
         let answering = tokio::spawn(prompts::serve_socket(
@@ -554,7 +573,7 @@ fn load(config: RuntimeConfig) -> anyhow::Result<Runtime> {
 
 /// Loads the components `wanted` accepts, as [`load`] does.
 fn load_where(config: RuntimeConfig, wanted: impl Fn(&str) -> bool) -> anyhow::Result<Runtime> {
-    let mut runtime = Runtime::new(config)?;
+    let runtime = Runtime::new(config)?;
     runtime.load_where(wanted, &mut |event| {
         if let LoadEvent::Compiling {
             component,
@@ -714,7 +733,7 @@ fn print_component(info: &ComponentInfo) {
 /// failure if anything is wrong.
 fn policy_check(runtime: &Runtime) -> ExitCode {
     let mut problems = 0;
-    for info in runtime.components() {
+    for info in &runtime.components() {
         let ok = info.status == ComponentStatus::Loaded;
         println!(
             "{}: {}  ({})",

@@ -8,6 +8,7 @@
 //! - [`audit`]: the audit log: every grant use that matters, on disk, queryable, kept 90 days.
 //! - [`caps`]: the capabilities, one unit per host interface, and [`caps::ALL`], their registry.
 //! - [`own_files`]: capbridge's own files and port, which no grant may reach.
+//! - [`pins`]: the lock file of reviewed components and policies (`capbridge policy pin`).
 //! - [`values`]: the generic JSON ⇄ WIT conversion and JSON Schemas for exports.
 //! - [`replay`]: recording a call and its host calls into a trace, and replaying it offline.
 //! - [`runtime`]: discovery, loading and invocation with limits — the API the rest of capbridge uses.
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod linker;
 pub mod output;
 pub mod own_files;
+pub mod pins;
 pub mod replay;
 pub mod runtime;
 pub mod state;

@@ -98,7 +98,7 @@ pub async fn info(State(shared): State<Arc<Shared>>) -> Json<BridgeInfo> {
             .duration_since(shared.started)
             .unwrap_or_default()
             .as_millis() as u64,
-        components: shared.commands.components(),
+        components: shared.commands().components(),
     })
 }
 

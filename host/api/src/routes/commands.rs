@@ -125,7 +125,7 @@ pub struct CommandList {
     responses((status = 200, body = CommandList), (status = 401, body = ErrorBody)))]
 pub async fn list(State(shared): State<Arc<Shared>>) -> Json<CommandList> {
     Json(CommandList {
-        commands: shared.commands.all().cloned().collect(),
+        commands: shared.commands().all().cloned().collect(),
     })
 }
 
@@ -171,9 +171,20 @@ pub async fn invoke(
     Path(name): Path<String>,
     ApiJson(request): ApiJson<InvokeRequest>,
 ) -> Result<Json<InvokeResponse>, ApiError> {
-    let command = shared.commands.get(&name).ok_or_else(|| {
-        ApiError::bad_request("unknown_command", format!("no command named `{name}`"))
-            .with_hint("GET /api/v1/commands lists every command")
+    let registry = shared.commands();
+    let command = registry.get(&name).ok_or_else(|| {
+        // A component that was there and stopped loading (its policy became invalid, its pin
+        // no longer matches) says why.
+        let id = name.split('.').next().unwrap_or_default();
+        match shared.runtime.component(id).map(|c| c.status) {
+            Some(ComponentStatus::Failed { reason }) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "capability_unavailable",
+                format!("component `{id}` is not loaded: {reason}"),
+            ),
+            _ => ApiError::bad_request("unknown_command", format!("no command named `{name}`"))
+                .with_hint("GET /api/v1/commands lists every command"),
+        }
     })?;
     if !request.args.is_object() {
         return Err(ApiError::bad_request(

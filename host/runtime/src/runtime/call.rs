@@ -55,10 +55,11 @@ impl Runtime {
         args: &Value,
         options: &CallOptions,
     ) -> Result<CallOutcome, CallError> {
-        let (loaded, func, params) = self.prepare(component, function, args)?;
+        let (loaded, params) = self.prepare(component, function, args)?;
+        let func = &loaded.functions[function];
         if let (Some(dir), None) = (&self.config.record_dir, &loaded.persistent) {
             let (trace, outcome) = self
-                .record_prepared(loaded, component, function, func, params, args, options)
+                .record_prepared(&loaded, component, function, func, params, args, options)
                 .await?;
             if let Err(error) = crate::replay::write_trace(dir, &trace) {
                 tracing::warn!(component, function, "trace not written: {error:#}");
@@ -68,7 +69,7 @@ impl Runtime {
         let deadline = loaded.deadline(options);
         let started = Instant::now();
         let (result, stdout, stderr) = self
-            .run(loaded, func, params, deadline, options.session)
+            .run(&loaded, func, params, deadline, options.session)
             .await?;
         Ok(CallOutcome {
             result: result_to_json(function, result)?,
@@ -78,19 +79,20 @@ impl Runtime {
         })
     }
 
-    /// The loaded component, its export and the arguments as WIT values.
-    pub(super) fn prepare<'a>(
-        &'a self,
+    /// The loaded component (as it is now: a reload does not affect this call) and the
+    /// arguments as WIT values; its `functions` has `function`.
+    pub(super) fn prepare(
+        &self,
         component: &str,
         function: &str,
         args: &Value,
-    ) -> Result<(&'a Loaded, &'a Function, Vec<Val>), CallError> {
-        let entry = self
-            .components
+    ) -> Result<(std::sync::Arc<Loaded>, Vec<Val>), CallError> {
+        let snapshot = self.snapshot();
+        let entry = snapshot
             .get(component)
             .ok_or_else(|| CallError::UnknownComponent(component.to_string()))?;
         let loaded = match (&entry.loaded, &entry.info.status) {
-            (Some(loaded), _) => loaded,
+            (Some(loaded), _) => loaded.clone(),
             (None, ComponentStatus::Failed { reason }) => {
                 return Err(CallError::NotLoaded {
                     component: component.to_string(),
@@ -124,7 +126,7 @@ impl Runtime {
             });
         }
         let params = params_from_json(&func.signature.params, args)?;
-        Ok((loaded, func, params))
+        Ok((loaded.clone(), params))
     }
 
     async fn run(

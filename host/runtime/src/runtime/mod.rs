@@ -16,9 +16,11 @@ mod background;
 mod call;
 mod exports;
 mod record;
+mod watch;
 
 pub use background::{Background, Ended};
 pub use record::{ReplayFailure, ReplayReport};
+pub use watch::Watcher;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use capbridge_policy::{InstanceMode, Policy};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use wasmtime::component::types::Type;
 use wasmtime::component::{ComponentExportIndex, Instance, InstancePre, Linker};
 use wasmtime::{Engine, Store};
@@ -42,6 +44,7 @@ use crate::engine::{new_engine, EpochTicker};
 use crate::linker::{check_imports, granted_linker};
 use crate::output::CapturedOutput;
 use crate::own_files::OwnFiles;
+use crate::pins::Pins;
 use crate::replay::Recorder;
 use crate::state::HostState;
 use exports::{export_info, exported_functions, lookup_export};
@@ -205,13 +208,31 @@ pub struct Runtime {
     audit: AuditLog,
     services: Services,
     own_files: OwnFiles,
-    components: BTreeMap<String, Entry>,
+    /// What is loaded now. A reload swaps in a new map; a call holds the `Loaded` it started
+    /// with, so it finishes on the version it began on.
+    components: std::sync::RwLock<Arc<BTreeMap<String, Entry>>>,
+    /// Bumped by every (re)load, so the layers above know to refresh what they derive.
+    generation: std::sync::atomic::AtomicU64,
     _ticker: EpochTicker,
 }
 
+#[derive(Clone)]
 struct Entry {
     info: ComponentInfo,
     loaded: Option<Arc<Loaded>>,
+    /// The SHA-256 of its `.wasm`, its policy and the lock file when it was loaded.
+    fingerprint: String,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// New or changed, and it loaded.
+    Loaded(String),
+    /// New or changed, and it did not load (the reason).
+    Refused(String, String),
+    /// Gone from the components directory.
+    Unloaded(String),
 }
 
 struct Loaded {
@@ -289,7 +310,8 @@ impl Runtime {
             audit,
             services,
             own_files,
-            components: BTreeMap::new(),
+            components: Default::default(),
+            generation: Default::default(),
             _ticker: ticker,
         })
     }
@@ -306,13 +328,13 @@ impl Runtime {
         &self.events
     }
 
-    /// The prompts waiting for a person, and the way to answer them. Only the host's own faces
-    /// (the terminal, `capbridge prompts`, the opted-in resolve route) reach this.
     /// The audit log: what components and sessions did with their grants.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
     }
 
+    /// The prompts waiting for a person, and the way to answer them. Only the host's own faces
+    /// (the terminal, `capbridge prompts`, the opted-in resolve route) reach this.
     pub fn approvals(&self) -> &Approvals {
         &self.approvals
     }
@@ -353,19 +375,33 @@ impl Runtime {
         }
     }
 
-    /// Every discovered component, loaded or not, by id.
-    pub fn components(&self) -> impl Iterator<Item = &ComponentInfo> {
-        self.components.values().map(|e| &e.info)
+    fn snapshot(&self) -> Arc<BTreeMap<String, Entry>> {
+        self.components
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    pub fn component(&self, id: &str) -> Option<&ComponentInfo> {
-        self.components.get(id).map(|e| &e.info)
+    /// Every discovered component, loaded or not, by id (as loaded now).
+    pub fn components(&self) -> Vec<ComponentInfo> {
+        self.snapshot().values().map(|e| e.info.clone()).collect()
+    }
+
+    pub fn component(&self, id: &str) -> Option<ComponentInfo> {
+        self.snapshot().get(id).map(|e| e.info.clone())
+    }
+
+    /// Counts the (re)loads: what the layers above derive from [`Self::components`] is stale
+    /// when this changed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The parameter and result types of a loaded component's exported function.
-    pub fn signature(&self, component: &str, function: &str) -> Option<&Signature> {
-        let loaded = self.components.get(component)?.loaded.as_ref()?;
-        Some(&loaded.functions.get(function)?.signature)
+    pub fn signature(&self, component: &str, function: &str) -> Option<Signature> {
+        let snapshot = self.snapshot();
+        let loaded = snapshot.get(component)?.loaded.as_ref()?;
+        Some(loaded.functions.get(function)?.signature.clone())
     }
 
     /// Policy files in the policy directory with no component of the same id.
@@ -378,7 +414,7 @@ impl Runtime {
                     && path
                         .file_stem()
                         .and_then(|s| s.to_str())
-                        .is_some_and(|id| !self.components.contains_key(id))
+                        .is_some_and(|id| !self.snapshot().contains_key(id))
                 {
                     orphans.push(path);
                 }
@@ -390,27 +426,108 @@ impl Runtime {
 
     /// Discovers and loads every component in the components directory, replacing what was
     /// loaded before. One component's failure never stops the others.
-    pub fn load_all(&mut self, progress: &mut dyn FnMut(LoadEvent<'_>)) -> anyhow::Result<()> {
+    pub fn load_all(&self, progress: &mut dyn FnMut(LoadEvent<'_>)) -> anyhow::Result<()> {
         self.load_where(|_| true, progress)
     }
 
     /// Loads only the discovered components `wanted` accepts (by id); the others stay unknown.
     pub fn load_where(
-        &mut self,
+        &self,
         wanted: impl Fn(&str) -> bool,
         progress: &mut dyn FnMut(LoadEvent<'_>),
     ) -> anyhow::Result<()> {
         let mut found = discover(&self.config.components_dir)?;
         found.retain(|(id, _)| wanted(id));
         let total = found.len();
+        // A lock file that cannot be read refuses every component: pins fail closed.
+        let pins = Pins::load(&self.config.policy_dir);
         let mut components = BTreeMap::new();
         for (i, (id, wasm_path)) in found.into_iter().enumerate() {
-            let entry = self.load_one(&id, wasm_path, i + 1, total, progress);
+            let entry = self.load_one(&id, wasm_path, &pins, i + 1, total, progress);
             components.insert(id, entry);
         }
-        self.components = components;
-        let policies: Vec<&Policy> = self
-            .components
+        self.install(components);
+        Ok(())
+    }
+
+    /// Loads again what changed on disk since the last load (a component or policy added,
+    /// changed or removed, or the lock file changed), keeps the rest as it is, and says what
+    /// changed. Calls already running finish on the version they started with.
+    pub fn reload(&self) -> anyhow::Result<Vec<Reloaded>> {
+        let found = discover(&self.config.components_dir)?;
+        let pins = Pins::load(&self.config.policy_dir);
+        let old = self.snapshot();
+        let mut components = BTreeMap::new();
+        let mut changes = Vec::new();
+        let total = found.len();
+        for (i, (id, wasm_path)) in found.into_iter().enumerate() {
+            let unchanged = old
+                .get(&id)
+                .filter(|e| e.fingerprint == self.fingerprint(&id, &wasm_path))
+                .cloned();
+            let entry = match unchanged {
+                Some(entry) => entry,
+                None => {
+                    let entry = self.load_one(&id, wasm_path, &pins, i + 1, total, &mut |_| {});
+                    changes.push(match &entry.info.status {
+                        ComponentStatus::Loaded => Reloaded::Loaded(id.clone()),
+                        ComponentStatus::Failed { reason } => {
+                            Reloaded::Refused(id.clone(), reason.clone())
+                        }
+                    });
+                    entry
+                }
+            };
+            components.insert(id, entry);
+        }
+        for id in old.keys().filter(|id| !components.contains_key(*id)) {
+            changes.push(Reloaded::Unloaded(id.clone()));
+            self.audit.record(
+                "component.unloaded",
+                Some(id),
+                None,
+                crate::audit::Outcome::Allowed,
+                serde_json::Value::Null,
+            );
+        }
+        if !changes.is_empty() {
+            self.install(components);
+            for change in &changes {
+                let (topic, payload) = match change {
+                    Reloaded::Loaded(id) => ("component.loaded", json!({ "component": id })),
+                    Reloaded::Refused(id, reason) => (
+                        "component.refused",
+                        json!({ "component": id, "reason": reason }),
+                    ),
+                    Reloaded::Unloaded(id) => ("component.unloaded", json!({ "component": id })),
+                };
+                self.events
+                    .publish(crate::caps::events::Event::host(topic, payload, None));
+            }
+        }
+        Ok(changes)
+    }
+
+    /// The files a component is loaded from, as one hash: what a reload compares.
+    fn fingerprint(&self, id: &str, wasm_path: &Path) -> String {
+        let read = |path: &Path| std::fs::read(path).unwrap_or_default();
+        let policy = self.config.policy_dir.join(format!("{id}.toml"));
+        let pins = self.config.policy_dir.join(crate::pins::PINS_FILE);
+        format!(
+            "{}:{}:{}",
+            crate::replay::sha256_hex(&read(wasm_path)),
+            crate::replay::sha256_hex(&read(&policy)),
+            crate::replay::sha256_hex(&read(&pins))
+        )
+    }
+
+    /// Makes `components` the loaded set, and tells the services what is loaded now.
+    fn install(&self, components: BTreeMap<String, Entry>) {
+        let components = Arc::new(components);
+        *self.components.write().unwrap_or_else(|p| p.into_inner()) = components.clone();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let policies: Vec<&Policy> = components
             .values()
             .filter(|e| e.loaded.is_some())
             .filter_map(|e| e.info.policy.as_deref())
@@ -418,17 +535,18 @@ impl Runtime {
         for service in self.services.all() {
             service.loaded(&policies);
         }
-        Ok(())
     }
 
     fn load_one(
         &self,
         id: &str,
         wasm_path: PathBuf,
+        pins: &Result<Option<Pins>, String>,
         index: usize,
         total: usize,
         progress: &mut dyn FnMut(LoadEvent<'_>),
     ) -> Entry {
+        let fingerprint = self.fingerprint(id, &wasm_path);
         let policy_path = self.config.policy_dir.join(format!("{id}.toml"));
         let mut info = ComponentInfo {
             id: id.to_string(),
@@ -439,7 +557,7 @@ impl Runtime {
             exports: Vec::new(),
             policy: None,
         };
-        match self.try_load(&mut info, index, total, progress) {
+        match self.try_load(&mut info, pins, index, total, progress) {
             Ok((loaded, cached)) => {
                 progress(LoadEvent::Loaded {
                     component: id,
@@ -455,6 +573,7 @@ impl Runtime {
                 Entry {
                     info,
                     loaded: Some(Arc::new(loaded)),
+                    fingerprint,
                 }
             }
             Err(reason) => {
@@ -471,7 +590,11 @@ impl Runtime {
                     serde_json::json!({ "wasm": info.wasm_path, "reason": reason }),
                 );
                 info.status = ComponentStatus::Failed { reason };
-                Entry { info, loaded: None }
+                Entry {
+                    info,
+                    loaded: None,
+                    fingerprint,
+                }
             }
         }
     }
@@ -479,6 +602,7 @@ impl Runtime {
     fn try_load(
         &self,
         info: &mut ComponentInfo,
+        pins: &Result<Option<Pins>, String>,
         index: usize,
         total: usize,
         progress: &mut dyn FnMut(LoadEvent<'_>),
@@ -502,15 +626,34 @@ impl Runtime {
                 info.policy_path.display()
             ));
         }
-        let policy =
-            Arc::new(crate::caps::load_policy(&id, &info.policy_path).map_err(|e| e.to_string())?);
+        // Each file is read once: what is checked against its pin is what is used.
+        let policy_text = std::fs::read_to_string(&info.policy_path)
+            .map_err(|e| format!("cannot read {}: {e}", info.policy_path.display()))?;
+        let wasm = std::fs::read(&info.wasm_path)
+            .map_err(|e| format!("cannot read {}: {e}", info.wasm_path.display()))?;
+        if let Some(pins) = pins.as_ref().map_err(Clone::clone)? {
+            pins.check(
+                &id,
+                &info.wasm_path,
+                &wasm,
+                &info.policy_path,
+                policy_text.as_bytes(),
+            )?;
+        }
+        let policy = Arc::new(
+            Policy::parse(
+                &id,
+                &info.policy_path,
+                &policy_text,
+                &crate::caps::grant_kinds(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
         info.policy = Some(policy.clone());
         // Before anything is created on disk for it.
         self.check_own_files(&policy)?;
         prepare_directories(&policy)?;
 
-        let wasm = std::fs::read(&info.wasm_path)
-            .map_err(|e| format!("cannot read {}: {e}", info.wasm_path.display()))?;
         let (component, outcome) = self
             .cache
             .load(&self.engine, &wasm, || {

@@ -54,8 +54,9 @@ impl Runtime {
         args: &Value,
         options: &CallOptions,
     ) -> Result<(Trace, Result<CallOutcome, CallError>), CallError> {
-        let (loaded, func, params) = self.prepare(component, function, args)?;
-        self.record_prepared(loaded, component, function, func, params, args, options)
+        let (loaded, params) = self.prepare(component, function, args)?;
+        let func = &loaded.functions[function];
+        self.record_prepared(&loaded, component, function, func, params, args, options)
             .await
     }
 
