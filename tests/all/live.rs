@@ -128,7 +128,7 @@ async fn components_and_policies_changed_while_serving_take_effect() {
 async fn a_pinned_component_tampered_with_while_serving_stops_loading() {
     let fx = Fixture::new();
     fx.add("echo", &component("echo"), Some(&shipped_policy("echo")));
-    capbridge_runtime::pins::Pins::pin(&fx.components_dir(), &fx.policy_dir()).unwrap();
+    capbridge_runtime::pins::Pins::pin(&fx.components_dir(), &fx.policy_dir(), &[]).unwrap();
     let runtime = Arc::new(fx.runtime());
     capbridge_tests::assert_loaded(&runtime, "echo");
     let _watcher = runtime.watch().expect("watching");
@@ -143,12 +143,13 @@ async fn a_pinned_component_tampered_with_while_serving_stops_loading() {
     let reason = refused["reason"].as_str().unwrap();
     assert!(reason.contains("does not match its pin"), "{reason}");
     assert!(reason.contains("echo.toml"), "{reason}");
+    assert!(reason.contains("capbridge policy pin echo"), "{reason}");
     assert_eq!(
         reason.matches("sha256:").count(),
         2,
         "both hashes: {reason}"
     );
     // Pinned again after review: it loads.
-    capbridge_runtime::pins::Pins::pin(&fx.components_dir(), &fx.policy_dir()).unwrap();
+    capbridge_runtime::pins::Pins::pin(&fx.components_dir(), &fx.policy_dir(), &[]).unwrap();
     next_about(&mut events, "component.loaded", "echo").await;
 }

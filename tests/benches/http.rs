@@ -96,7 +96,14 @@ fn main() {
         &component("system"),
         Some(&shipped_policy("system")),
     );
-    let runtime = Arc::new(fixture.runtime());
+    // The audit log on, as `capbridge serve` keeps it (a second bridge without it, below).
+    let state = tempfile::tempdir().unwrap();
+    let audited = |audit: bool| capbridge_runtime::RuntimeConfig {
+        audit_retention: audit.then_some(capbridge_runtime::audit::DEFAULT_RETENTION),
+        state_dir: state.path().join(if audit { "audited" } else { "plain" }),
+        ..fixture.config()
+    };
+    let runtime = Arc::new(capbridge_tests::runtime_with(audited(true)));
     let tokio = tokio::runtime::Runtime::new().unwrap();
     let (server, token) = tokio.block_on(async {
         let native: Router<Arc<Shared>> = Router::new()
@@ -160,6 +167,38 @@ fn main() {
     );
     let info = wrk(&format!("{base}/api/v1/system/info"), Some(&token), None);
     report("GET /api/v1/system/info", &info);
+
+    // The same read on a bridge without the audit log: what writing (and fsyncing) the
+    // entries before answering costs.
+    let (plain, plain_token) = tokio.block_on(async {
+        let runtime = Arc::new(capbridge_tests::runtime_with(audited(false)));
+        let listener = capbridge_api::bind(0).await.unwrap();
+        let server = Server::start(
+            listener,
+            runtime,
+            BridgeConfig::default(),
+            ServeOptions::default(),
+        )
+        .unwrap();
+        let token = server.shared().sessions.issue(None).unwrap().token;
+        (server, token)
+    });
+    let unaudited_read = wrk(
+        &format!("http://{}/api/v1/filesystem/read", plain.addr()),
+        Some(&plain_token),
+        Some(read),
+    );
+    report(
+        "POST /api/v1/filesystem/read, no audit log",
+        &unaudited_read,
+    );
+    println!(
+        "with the audit log / without: {:.2}x the requests/s",
+        component_read.requests_per_second / unaudited_read.requests_per_second
+    );
+    tokio
+        .block_on(plain.shutdown(std::time::Duration::from_secs(5)))
+        .unwrap();
     tokio
         .block_on(server.shutdown(std::time::Duration::from_secs(5)))
         .unwrap();

@@ -57,7 +57,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut runtime = capbridge_tests::runtime_with(fx.config());
+    let runtime = capbridge_tests::runtime_with(fx.config());
     let iterations = 20_000;
 
     // Native baseline: the same (no) work without a sandbox, timed the same way.
@@ -116,6 +116,39 @@ fn main() {
     });
     let component_reads = stats(component_reads);
 
+    // The same read recorded (every host call through the interposer and the pass-through
+    // component, the trace built), and replayed from that trace.
+    let wasm = fx.components_dir().join("filesystem.wasm");
+    let (recorded, trace) = tokio.block_on(async {
+        let mut trace = None;
+        let mut samples = Vec::with_capacity(1000);
+        for i in 0..1100 {
+            let t = Instant::now();
+            let (recorded, outcome) = runtime
+                .record("filesystem", "read-file", &read_args, &options)
+                .await
+                .unwrap();
+            outcome.unwrap();
+            if i >= 100 {
+                samples.push(t.elapsed());
+            }
+            trace = Some(recorded);
+        }
+        (stats(samples), trace.unwrap())
+    });
+    let replayed = tokio.block_on(async {
+        let mut samples = Vec::with_capacity(1000);
+        for i in 0..1100 {
+            let t = Instant::now();
+            let report = runtime.replay(&wasm, &trace).await.unwrap();
+            assert!(report.failure.is_none());
+            if i >= 100 {
+                samples.push(t.elapsed());
+            }
+        }
+        stats(samples)
+    });
+
     let loads: Vec<Duration> = (0..50)
         .map(|_| {
             let t = Instant::now();
@@ -169,5 +202,15 @@ fn main() {
         "{:<44} p50 {:>10.2?}",
         "  added over native",
         component_reads.p50.saturating_sub(native_reads.p50)
+    );
+    report(
+        &format!("  recorded ({} host calls)", trace.host_calls.len()),
+        &recorded,
+    );
+    report("  replayed from the trace", &replayed);
+    println!(
+        "{:<44} {:.2}x the plain call's p50",
+        "  recording costs",
+        recorded.p50.as_secs_f64() / component_reads.p50.as_secs_f64()
     );
 }

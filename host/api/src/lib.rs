@@ -212,10 +212,21 @@ async fn audit_durable(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let response = next.run(request).await;
-    if let Err(error) = shared.runtime.audit().flush().await {
-        tracing::error!(target: "capbridge::audit", "{error}");
+    match shared.runtime.audit().flush().await {
+        Ok(()) => response,
+        // What was done could not be recorded: the client is not told it went well.
+        Err(error) => {
+            tracing::error!(target: "capbridge::audit", "{error}");
+            let error = error::ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audit_unavailable",
+                format!(
+                    "the request was handled, but its audit entry could not be written: {error}"
+                ),
+            );
+            axum::response::IntoResponse::into_response(error)
+        }
     }
-    response
 }
 
 /// Tells the runtime when a session ends (expires, or is dropped for a newer one), so that

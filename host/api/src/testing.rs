@@ -30,7 +30,7 @@ impl TestBridge {
             std::fs::create_dir(&path).expect("create dir");
             path
         };
-        let mut runtime = Runtime::new(RuntimeConfig {
+        let runtime = Runtime::new(RuntimeConfig {
             components_dir: sub("components"),
             policy_dir: sub("policy"),
             cache_dir: sub("cache"),

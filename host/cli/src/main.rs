@@ -55,7 +55,7 @@ enum Command {
         #[arg(long)]
         dev: bool,
         /// Record every call made through the contract into DIR, one trace file each
-        /// (`DIR/<component>/<time>-<function>.trace.json`), to replay with `capbridge replay`.
+        /// (`DIR/<component>/<time>-<function>-<random>.trace.json`), to replay with `capbridge replay`.
         #[arg(long, value_name = "DIR", env = "CAPBRIDGE_RECORD")]
         record: Option<PathBuf>,
     },
@@ -178,7 +178,10 @@ enum PolicyCommand {
     Schema,
     /// Record each component's and policy's SHA-256 in `<policy dir>/capbridge.lock`: from
     /// then on a component loads only while both match (review first, then pin).
-    Pin,
+    Pin {
+        /// Pin only these components (the others keep their pins) [default: every component]
+        ids: Vec<String>,
+    },
     /// What a change to a policy widens or narrows, grant by grant; risky widenings flagged.
     Diff {
         /// The policy before the change.
@@ -271,16 +274,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Policy(PolicyCommand::Pin) => {
-            let pins =
-                capbridge_runtime::pins::Pins::pin(&config.components_dir, &config.policy_dir)?;
-            for (id, pin) in &pins.components {
-                println!("{id}\n  wasm   {}\n  policy {}", pin.wasm, pin.policy);
+        Command::Policy(PolicyCommand::Pin { ids }) => {
+            let (pins, changes) = capbridge_runtime::pins::Pins::pin(
+                &config.components_dir,
+                &config.policy_dir,
+                &ids,
+            )?;
+            for change in &changes {
+                println!("{change}");
             }
             println!(
-                "pinned {} component(s) in {}",
+                "{} component(s) pinned in {}{}",
                 pins.components.len(),
-                pins.path.display()
+                pins.path.display(),
+                if changes.is_empty() {
+                    " (no change)"
+                } else {
+                    ""
+                }
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -70,8 +70,10 @@ fn collect_traces(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    for path in entries.flatten().map(|e| e.path()) {
-        if path.is_dir() {
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // Not through symbolic links: a link loop would never end.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             collect_traces(&path, out);
         } else if path.to_string_lossy().ends_with(".trace.json") {
             out.push(path);

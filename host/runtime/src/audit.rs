@@ -33,6 +33,8 @@ pub const MAX_PAGE: usize = 1000;
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Most entries written (and `fsync`ed) as one batch.
 const MAX_BATCH: usize = 4096;
+/// Most entries kept for a retry while the log cannot be written.
+const MAX_PENDING: usize = 100_000;
 
 /// One audit entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -160,7 +162,9 @@ impl AuditLog {
             r.get::<_, i64>(0)
         })? as u64;
         let last = entries.iter().map(|e| e.seq).max().unwrap_or(0).max(known);
-        insert(&mut db, entries.iter().filter(|e| e.seq > known))?;
+        // Every line, not only the newer ones: a write whose projection update failed is
+        // still on disk, and belongs in the projection.
+        insert(&mut db, entries.iter())?;
         let written = Arc::new(AtomicU64::new(0));
         let mut writer = Writer {
             written: written.clone(),
@@ -492,6 +496,8 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, receiver: mpsc::Receiver<Message>) {
+        // Entries a failed write left: retried with the next batch.
+        let mut pending: Vec<AuditEntry> = Vec::new();
         while let Ok(first) = receiver.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -500,21 +506,25 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut entries = Vec::new();
             let mut waiting = Vec::new();
             for message in batch {
                 match message {
-                    Message::Entry(entry) => entries.push(*entry),
+                    Message::Entry(entry) => pending.push(*entry),
                     Message::Flush(reply) => waiting.push(reply),
                 }
             }
-            let count = entries.len() as u64;
-            let written = self.write(&entries).map_err(|e| {
+            let count = pending.len() as u64;
+            let written = self.write(&pending).map_err(|e| {
                 tracing::error!(target: "capbridge::audit", file = %self.jsonl.display(), "cannot write the audit log: {e:#}");
                 format!("cannot write the audit log: {e}")
             });
             if written.is_ok() {
                 self.written.fetch_add(count, Ordering::Release);
+                pending.clear();
+            } else if pending.len() > MAX_PENDING {
+                let dropped = pending.len() - MAX_PENDING;
+                pending.drain(..dropped);
+                tracing::error!(target: "capbridge::audit", dropped, "audit entries dropped: the log cannot be written");
             }
             for reply in waiting {
                 let _ = reply.send(written.clone());
@@ -545,9 +555,17 @@ impl Writer {
                     .open(&self.jsonl)?,
             ),
         };
-        file.write_all(&text)?;
-        file.sync_data()?;
-        insert(&mut self.db, entries.iter())?;
+        let good = file.metadata()?.len();
+        if let Err(e) = file.write_all(&text).and_then(|()| file.sync_data()) {
+            // No torn line for the next batch to follow: back to the last whole one.
+            let _ = file.set_len(good);
+            return Err(e.into());
+        }
+        // The lines are on disk (acknowledged); a projection that missed them catches up at
+        // the next start.
+        if let Err(e) = insert(&mut self.db, entries.iter()) {
+            tracing::error!(target: "capbridge::audit", "the audit projection missed entries: {e}");
+        }
         Ok(())
     }
 
@@ -635,7 +653,7 @@ mod tests {
         )
         .unwrap();
         let log = AuditLog::open(dir.path(), DEFAULT_RETENTION).unwrap();
-        assert_eq!(all(&log), [recent.clone()]);
+        assert_eq!(all(&log), std::slice::from_ref(&recent));
         let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
         assert_eq!(text, lines(&[recent]));
         // Numbering goes on after what is kept.
@@ -661,12 +679,12 @@ mod tests {
         let whole = entry(1, now, "event.published");
         let text = format!(
             "{}not json\n{}",
-            lines(&[whole.clone()]),
+            lines(std::slice::from_ref(&whole)),
             &serde_json::to_string(&entry(3, now, "file.read")).unwrap()[..40]
         );
         std::fs::write(dir.path().join("audit.jsonl"), text).unwrap();
         let log = AuditLog::open(dir.path(), DEFAULT_RETENTION).unwrap();
-        assert_eq!(all(&log), [whole.clone()]);
+        assert_eq!(all(&log), std::slice::from_ref(&whole));
         log.record(
             "file.written",
             Some("filesystem"),

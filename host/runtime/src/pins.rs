@@ -73,7 +73,7 @@ impl Pins {
         let Some(pin) = self.components.get(id) else {
             return Err(format!(
                 "component `{id}` is not pinned in {} (with a lock file, only pinned components \
-                 load): review it, then run `capbridge policy pin`",
+                 load): review it, then run `capbridge policy pin {id}`",
                 self.path.display()
             ));
         };
@@ -85,7 +85,7 @@ impl Pins {
             if &found != pinned {
                 return Err(format!(
                     "{} does not match its pin in {}: pinned {pinned}, found {found}; if the \
-                     change was reviewed, run `capbridge policy pin` again",
+                     change was reviewed, run `capbridge policy pin {id}`",
                     file.display(),
                     self.path.display()
                 ));
@@ -94,10 +94,31 @@ impl Pins {
         Ok(())
     }
 
-    /// Pins every component of `components_dir` that has a policy in `policy_dir`, replacing
-    /// the lock file atomically; returns what was pinned.
-    pub fn pin(components_dir: &Path, policy_dir: &Path) -> anyhow::Result<Pins> {
-        let mut components = BTreeMap::new();
+    /// Pins the components `only` names (every component of `components_dir` that has a
+    /// policy in `policy_dir`, when `only` is empty), keeping the other pins, and replaces the
+    /// lock file atomically; returns the pins and what changed.
+    pub fn pin(
+        components_dir: &Path,
+        policy_dir: &Path,
+        only: &[String],
+    ) -> anyhow::Result<(Pins, Vec<String>)> {
+        let before = Pins::load(policy_dir)
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or_default();
+        let mut components = if only.is_empty() {
+            BTreeMap::new()
+        } else {
+            before.components.clone()
+        };
+        for id in only {
+            anyhow::ensure!(
+                components_dir.join(format!("{id}.wasm")).is_file()
+                    && policy_dir.join(format!("{id}.toml")).is_file(),
+                "no component `{id}` with a policy: {} and {} must both exist",
+                components_dir.join(format!("{id}.wasm")).display(),
+                policy_dir.join(format!("{id}.toml")).display()
+            );
+        }
         let mut entries: Vec<PathBuf> = std::fs::read_dir(components_dir)?
             .flatten()
             .map(|e| e.path())
@@ -108,6 +129,9 @@ impl Pins {
             let Some(id) = wasm_path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
+            if !only.is_empty() && !only.iter().any(|o| o == id) {
+                continue;
+            }
             let policy_path = policy_dir.join(format!("{id}.toml"));
             let Ok(policy) = std::fs::read(&policy_path) else {
                 continue;
@@ -136,6 +160,30 @@ impl Pins {
         temp.write_all(text.as_bytes())?;
         temp.as_file().sync_all()?;
         temp.persist(&pins.path).map_err(|e| e.error)?;
-        Ok(pins)
+        let mut changes = Vec::new();
+        for (id, pin) in &pins.components {
+            match before.components.get(id) {
+                None => changes.push(format!("{id}: pinned")),
+                Some(old) if old == pin => {}
+                Some(old) => {
+                    for (what, was, now) in [
+                        ("wasm", &old.wasm, &pin.wasm),
+                        ("policy", &old.policy, &pin.policy),
+                    ] {
+                        if was != now {
+                            changes.push(format!("{id}: {what} changed, {was} -> {now}"));
+                        }
+                    }
+                }
+            }
+        }
+        for id in before
+            .components
+            .keys()
+            .filter(|id| !pins.components.contains_key(*id))
+        {
+            changes.push(format!("{id}: no longer pinned (gone)"));
+        }
+        Ok((pins, changes))
     }
 }

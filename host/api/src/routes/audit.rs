@@ -83,17 +83,21 @@ pub async fn audit_log(
             }
         }
     }
-    let log = shared.runtime.audit();
-    let page = log
-        .query(&audit::Query {
-            since_ms: query.since,
-            until_ms: query.until,
-            component: query.component,
-            session: Some((log.run().to_string(), session.0)),
-            kind: query.kind,
-            before: query.before,
-            limit,
-        })
+    let log = shared.runtime.audit().clone();
+    let query = audit::Query {
+        since_ms: query.since,
+        until_ms: query.until,
+        component: query.component,
+        session: Some((log.run().to_string(), session.0)),
+        kind: query.kind,
+        before: query.before,
+        limit,
+    };
+    // SQLite blocks: not on the async workers.
+    let page = tokio::task::spawn_blocking(move || log.query(&query))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|page| page)
         .map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

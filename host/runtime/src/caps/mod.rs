@@ -67,13 +67,16 @@ pub static ALL: &[&dyn Capability] = &[
 ];
 
 /// The policy halves of [`ALL`], for reading policy files.
-/// A policy granting nothing beyond the baseline, with the default limits (a replay's: every
-/// import is answered from the trace).
-pub fn baseline_policy(component_id: &str) -> Result<Policy, capbridge_policy::PolicyError> {
+/// A policy granting nothing beyond the baseline, with `more` (TOML: limits) added (a replay's:
+/// every import is answered from the trace).
+pub fn baseline_policy(
+    component_id: &str,
+    more: &str,
+) -> Result<Policy, capbridge_policy::PolicyError> {
     Policy::parse(
         component_id,
-        std::path::Path::new("(nothing granted)"),
-        "version = 1\n",
+        std::path::Path::new("(a replay: nothing granted)"),
+        &format!("version = 1\n{more}"),
         &grant_kinds(),
     )
 }

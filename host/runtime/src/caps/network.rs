@@ -249,11 +249,16 @@ pub async fn check_request(policy: &Policy, uri: &http::Uri) -> Result<(), Strin
 }
 
 /// The URI without its query string, which may carry secrets, for the audit log.
+/// The URL without its query and without any `user:password@` (logs and the audit log keep
+/// where a request went, never credentials).
 fn redact_query(uri: &http::Uri) -> String {
-    format!(
-        "{}://{}{}",
-        uri.scheme_str().unwrap_or("?"),
-        uri.authority().map(|a| a.as_str()).unwrap_or("?"),
-        uri.path()
-    )
+    let host = uri.host().unwrap_or("?");
+    match uri.port_u16() {
+        Some(port) => format!(
+            "{}://{host}:{port}{}",
+            uri.scheme_str().unwrap_or("?"),
+            uri.path()
+        ),
+        None => format!("{}://{host}{}", uri.scheme_str().unwrap_or("?"), uri.path()),
+    }
 }

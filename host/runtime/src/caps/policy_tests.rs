@@ -755,8 +755,11 @@ mod diff {
         .unwrap_or_else(|e| panic!("{text}: {e}"))
     }
 
+    /// Where, which way, and whether flagged.
+    type Seen = (String, Direction, bool);
+
     /// (where, direction, risky) of each change from `old` to `new`.
-    fn changes(old: &str, new: &str) -> Vec<(String, Direction, bool)> {
+    fn changes(old: &str, new: &str) -> Vec<Seen> {
         capbridge_policy::diff(&policy(old), &policy(new))
             .changes
             .into_iter()
@@ -764,11 +767,11 @@ mod diff {
             .collect()
     }
 
-    fn w(at: &str, risky: bool) -> (String, Direction, bool) {
+    fn w(at: &str, risky: bool) -> Seen {
         (at.to_string(), Direction::Widens, risky)
     }
 
-    fn n(at: &str) -> (String, Direction, bool) {
+    fn n(at: &str) -> Seen {
         (at.to_string(), Direction::Narrows, false)
     }
 
@@ -783,7 +786,7 @@ mod diff {
                 path.display()
             )
         };
-        let table: Vec<(&str, String, String, Vec<(String, Direction, bool)>)> = vec![
+        let table: Vec<(&str, String, String, Vec<Seen>)> = vec![
             ("no change", String::new(), String::new(), vec![]),
             (
                 "a key granted",

@@ -13,14 +13,14 @@ use wasmtime::component::{
 use wasmtime::{bail, format_err};
 use wasmtime::{Engine, StoreContextMut};
 
-use super::value::{from_json, map_resources, to_json};
+use super::value::{from_json, map_resources, to_json, Budget};
 use super::{Divergence, HostCall, Outcome};
 use crate::state::HostState;
 
 /// What answers a component's host calls in one store.
 pub(crate) struct Session {
     mode: Mode,
-    max_value_bytes: usize,
+    budget: Budget,
     /// Record: the calls made so far. Replay: the calls still expected, next first.
     calls: VecDeque<HostCall>,
     /// Replay: how many calls were answered.
@@ -40,27 +40,24 @@ enum Mode {
 }
 
 impl Session {
-    pub(crate) fn record(
-        forwards: HashMap<(String, String), Func>,
-        max_value_bytes: usize,
-    ) -> Self {
+    pub(crate) fn record(forwards: HashMap<(String, String), Func>, budget: Budget) -> Self {
         Self {
             mode: Mode::Record {
                 forwards,
                 real: HashMap::new(),
                 next_proxy: 1,
             },
-            max_value_bytes,
+            budget,
             calls: VecDeque::new(),
             answered: 0,
             divergence: None,
         }
     }
 
-    pub(crate) fn replay(expected: Vec<HostCall>, max_value_bytes: usize) -> Self {
+    pub(crate) fn replay(expected: Vec<HostCall>, budget: Budget) -> Self {
         Self {
             mode: Mode::Replay,
-            max_value_bytes,
+            budget,
             calls: expected.into(),
             answered: 0,
             divergence: None,
@@ -172,7 +169,7 @@ async fn answer(
 ) -> wasmtime::Result<()> {
     let param_types: Vec<(String, Type)> = ty.params().map(|(n, t)| (n.to_string(), t)).collect();
     let result_type = ty.results().next();
-    let max = session(&mut store)?.max_value_bytes;
+    let mut budget = session(&mut store)?.budget;
 
     // The component's proxies: their numbers for the trace, the real resources for the host.
     let mut numbers = VecDeque::new();
@@ -195,13 +192,14 @@ async fn answer(
     }
     let mut json_args = Map::new();
     for (val, (name, _)) in args.iter().zip(&param_types) {
-        let v = to_json(val, max, &mut |_| {
+        let v = to_json(val, &mut budget, &mut |_| {
             numbers
                 .pop_front()
                 .ok_or_else(|| format_err!("resource numbering lost its place"))
         })?;
         json_args.insert(name.clone(), v);
     }
+    session(&mut store)?.budget = budget;
     let mut call = HostCall {
         interface: key.0.clone(),
         function: key.1.clone(),
@@ -248,7 +246,7 @@ async fn answer(
                 })?;
             }
             let result = match results.first() {
-                Some(v) => to_json(v, max, &mut |_| {
+                Some(v) => to_json(v, &mut budget, &mut |_| {
                     numbers
                         .pop_front()
                         .ok_or_else(|| format_err!("resource numbering lost its place"))
@@ -256,7 +254,9 @@ async fn answer(
                 None => Value::Null,
             };
             call.outcome = Outcome::Result(result);
-            session(&mut store)?.calls.push_back(call);
+            let session = session(&mut store)?;
+            session.budget = budget;
+            session.calls.push_back(call);
             Ok(())
         }
         None => {

@@ -30,6 +30,9 @@ pub const FORMAT: &str = "capbridge-trace/1";
 /// The largest byte list a trace keeps; a longer one is recorded as `{"omitted": length}`.
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
+/// The most bytes of byte lists one trace keeps in all; past it, lists are omitted too.
+pub const MAX_TRACE_BYTES: usize = 64 << 20;
+
 /// One recorded export call: what was called, every host call it made, and how it ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -40,6 +43,10 @@ pub struct Trace {
     pub component: TracedComponent,
     /// Byte lists longer than this were omitted.
     pub max_value_bytes: usize,
+    /// Byte lists past this many bytes in all were omitted.
+    pub max_trace_bytes: usize,
+    /// The component's limits when recorded; a replay runs under the same.
+    pub limits: TraceLimits,
     /// The export called.
     pub function: String,
     /// Its arguments, in the contract's JSON form (as `component call` takes them).
@@ -49,6 +56,13 @@ pub struct Trace {
     /// The export's result in the contract's JSON form, or its trap.
     #[serde(flatten)]
     pub outcome: Outcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceLimits {
+    pub deadline_ms: u64,
+    pub memory_mib: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,9 +121,11 @@ pub(crate) fn write_trace(dir: &Path, trace: &Trace) -> Result<PathBuf, String> 
             }
         })
         .collect();
+    // Two calls in one millisecond get two files.
+    let unique: String = crate::state_file::random_hex()?.chars().take(6).collect();
     let path = dir
         .join(&trace.component.id)
-        .join(format!("{millis}-{function}.trace.json"));
+        .join(format!("{millis}-{function}-{unique}.trace.json"));
     trace.save(&path)?;
     Ok(path)
 }
@@ -218,12 +234,39 @@ impl Trace {
 }
 
 fn redact_strings(value: &mut Value, secrets: &[&(String, String)]) {
+    use base64::Engine as _;
     match value {
         Value::String(text) => *text = redact_text(text, secrets),
         Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, secrets)),
+        // Bytes that are not UTF-8 are searched as bytes.
+        Value::Object(fields) if fields.len() == 1 && fields.contains_key("base64") => {
+            let engine = base64::engine::general_purpose::STANDARD;
+            if let Some(Ok(bytes)) = fields["base64"].as_str().map(|b| engine.decode(b)) {
+                let redacted = secrets.iter().fold(bytes, |bytes, (name, value)| {
+                    replace_bytes(
+                        &bytes,
+                        value.as_bytes(),
+                        secret_placeholder(name).as_bytes(),
+                    )
+                });
+                fields.insert("base64".into(), Value::String(engine.encode(redacted)));
+            }
+        }
         Value::Object(fields) => fields.values_mut().for_each(|v| redact_strings(v, secrets)),
         _ => {}
     }
+}
+
+fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(with);
+        rest = &rest[at + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 fn redact_text(text: &str, secrets: &[&(String, String)]) -> String {
@@ -281,8 +324,24 @@ impl Recorder {
                 })?;
             forwards.insert(key.clone(), func);
         }
-        store.data_mut().replay = Some(Session::record(forwards, MAX_VALUE_BYTES));
+        store.data_mut().replay = Some(Session::record(forwards, budget()));
         Ok(())
+    }
+}
+
+/// The caps a recording starts with.
+pub(crate) fn budget() -> value::Budget {
+    value::Budget {
+        per_value: MAX_VALUE_BYTES,
+        remaining: MAX_TRACE_BYTES,
+    }
+}
+
+/// The caps a trace was recorded with.
+pub(crate) fn budget_of(trace: &Trace) -> value::Budget {
+    value::Budget {
+        per_value: trace.max_value_bytes,
+        remaining: trace.max_trace_bytes,
     }
 }
 

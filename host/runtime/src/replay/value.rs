@@ -8,7 +8,7 @@
 //! | `option<T>` | `null` or `{"some": value}` |
 //! | `f32`, `f64` not finite | `"NaN"`, `"inf"`, `"-inf"` |
 //! | `own<R>`, `borrow<R>` | `{"resource": n}`: the handle's number in this call |
-//! | a byte list longer than the trace's cap | `{"omitted": length}` (cannot be replayed) |
+//! | a byte list over the trace's caps | `{"omitted": length}` (cannot be replayed) |
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -16,10 +16,18 @@ use wasmtime::component::types::Type;
 use wasmtime::component::{ResourceAny, Val};
 use wasmtime::{bail, format_err};
 
+/// How many bytes of byte lists a trace may still keep: each list at most `per_value`, all of
+/// them together `remaining`.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub per_value: usize,
+    pub remaining: usize,
+}
+
 /// Turns `val` into trace JSON; `resource` numbers each resource met, in order.
 pub fn to_json(
     val: &Val,
-    max_bytes: usize,
+    budget: &mut Budget,
     resource: &mut dyn FnMut(&ResourceAny) -> wasmtime::Result<u32>,
 ) -> wasmtime::Result<Value> {
     Ok(match val {
@@ -44,33 +52,33 @@ pub fn to_json(
                     _ => 0,
                 })
                 .collect();
-            bytes_to_json(&bytes, max_bytes)
+            bytes_to_json(&bytes, budget)
         }
         Val::List(items) | Val::Tuple(items) => Value::Array(
             items
                 .iter()
-                .map(|v| to_json(v, max_bytes, resource))
+                .map(|v| to_json(v, budget, resource))
                 .collect::<wasmtime::Result<_>>()?,
         ),
         Val::Record(fields) => Value::Object(
             fields
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), to_json(v, max_bytes, resource)?)))
+                .map(|(k, v)| Ok((k.clone(), to_json(v, budget, resource)?)))
                 .collect::<wasmtime::Result<Map<_, _>>>()?,
         ),
         Val::Variant(case, None) | Val::Enum(case) => json!(case),
         Val::Variant(case, Some(payload)) => {
-            json!({ case: to_json(payload, max_bytes, resource)? })
+            json!({ case: to_json(payload, budget, resource)? })
         }
         Val::Option(None) => Value::Null,
-        Val::Option(Some(v)) => json!({ "some": to_json(v, max_bytes, resource)? }),
+        Val::Option(Some(v)) => json!({ "some": to_json(v, budget, resource)? }),
         Val::Result(r) => {
             let (side, v) = match r {
                 Ok(v) => ("ok", v),
                 Err(v) => ("err", v),
             };
             let v = match v {
-                Some(v) => to_json(v, max_bytes, resource)?,
+                Some(v) => to_json(v, budget, resource)?,
                 None => Value::Null,
             };
             json!({ side: v })
@@ -91,10 +99,11 @@ fn float(f: f64) -> Value {
     }
 }
 
-fn bytes_to_json(bytes: &[u8], max_bytes: usize) -> Value {
-    if bytes.len() > max_bytes {
+fn bytes_to_json(bytes: &[u8], budget: &mut Budget) -> Value {
+    if bytes.len() > budget.per_value || bytes.len() > budget.remaining {
         return json!({ "omitted": bytes.len() });
     }
+    budget.remaining -= bytes.len();
     match std::str::from_utf8(bytes) {
         Ok(text) => json!({ "utf8": text }),
         Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),

@@ -17,7 +17,7 @@ use crate::values::{self, json_to_val, val_to_json};
 impl Runtime {
     /// Calls `function` of `component` with JSON `args` (an object keyed by parameter name).
     /// With `record_dir` in the config, the call is also recorded there
-    /// (`<component>/<time>-<function>.trace.json`), unless the component is persistent.
+    /// (`<component>/<time>-<function>-<random>.trace.json`), unless the component is persistent.
     pub async fn call(
         &self,
         component: &str,
@@ -58,13 +58,19 @@ impl Runtime {
         let (loaded, params) = self.prepare(component, function, args)?;
         let func = &loaded.functions[function];
         if let (Some(dir), None) = (&self.config.record_dir, &loaded.persistent) {
-            let (trace, outcome) = self
-                .record_prepared(&loaded, component, function, func, params, args, options)
-                .await?;
-            if let Err(error) = crate::replay::write_trace(dir, &trace) {
-                tracing::warn!(component, function, "trace not written: {error:#}");
+            // A component that cannot be recorded still runs, unrecorded.
+            match self.recorder(&loaded) {
+                Ok(_) => {
+                    let (trace, outcome) = self
+                        .record_prepared(&loaded, component, function, func, params, args, options)
+                        .await?;
+                    if let Err(error) = crate::replay::write_trace(dir, &trace) {
+                        tracing::warn!(component, function, "trace not written: {error:#}");
+                    }
+                    return outcome;
+                }
+                Err(why) => tracing::warn!(component, function, "not recorded: {why}"),
             }
-            return outcome;
         }
         let deadline = loaded.deadline(options);
         let started = Instant::now();

@@ -237,7 +237,10 @@ pub enum Reloaded {
 
 struct Loaded {
     policy: Arc<Policy>,
-    wasm_path: PathBuf,
+    /// The bytes it was compiled from, and their SHA-256 (a recording generates its
+    /// pass-through from these, whatever is on disk by then).
+    wasm: Arc<[u8]>,
+    sha256: String,
     /// The granted linker `pre` came from (a recording links its pass-through to it).
     linker: Linker<HostState>,
     pre: InstancePre<HostState>,
@@ -289,6 +292,11 @@ impl Runtime {
             .with_path("policy directory", &config.policy_dir)
             .with_path("compile cache", &config.cache_dir)
             .with_path("state directory", &config.state_dir);
+        // Traces hold what components read and wrote: no component may reach them.
+        let own_files = match &config.record_dir {
+            Some(dir) => own_files.with_path("record directory", dir),
+            None => own_files,
+        };
         let approvals = Approvals::default();
         let audit = match config.audit_retention {
             Some(retention) => AuditLog::open(&config.state_dir.join("audit"), retention)?,
@@ -508,16 +516,20 @@ impl Runtime {
         Ok(changes)
     }
 
-    /// The files a component is loaded from, as one hash: what a reload compares.
+    /// What a component is loaded from — its `.wasm`, its policy and its pin — as one string:
+    /// what a reload compares.
     fn fingerprint(&self, id: &str, wasm_path: &Path) -> String {
         let read = |path: &Path| std::fs::read(path).unwrap_or_default();
         let policy = self.config.policy_dir.join(format!("{id}.toml"));
-        let pins = self.config.policy_dir.join(crate::pins::PINS_FILE);
+        let pin = match Pins::load(&self.config.policy_dir) {
+            Ok(Some(pins)) => format!("{:?}", pins.components.get(id)),
+            Ok(None) => "unpinned".to_string(),
+            Err(e) => e,
+        };
         format!(
-            "{}:{}:{}",
+            "{}:{}:{pin}",
             crate::replay::sha256_hex(&read(wasm_path)),
             crate::replay::sha256_hex(&read(&policy)),
-            crate::replay::sha256_hex(&read(&pins))
         )
     }
 
@@ -723,7 +735,8 @@ impl Runtime {
         Ok((
             Loaded {
                 policy,
-                wasm_path: info.wasm_path.clone(),
+                sha256: crate::replay::sha256_hex(&wasm),
+                wasm: wasm.into(),
                 linker,
                 pre,
                 recorder: OnceLock::new(),

@@ -686,7 +686,7 @@ impl McpService {
             Some(component),
             session,
             Outcome::Allowed,
-            json!({ "request": prompt.id, "kind": "mcp-server", "server": id, "summary": prompt.summary }),
+            json!({ "request": prompt.id, "kind": "mcp-server", "server": id }),
         );
         self.publish(
             "system.permission.prompt",
