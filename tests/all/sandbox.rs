@@ -844,7 +844,12 @@ fn every_probe_export_has_a_host_test() {
         fx.add(name, &program(name), Some(&policy(grants)));
     }
     let runtime = fx.runtime();
-    let source = [include_str!("sandbox.rs"), include_str!("invoke.rs")].concat();
+    let source = [
+        include_str!("sandbox.rs"),
+        include_str!("invoke.rs"),
+        include_str!("replay.rs"),
+    ]
+    .concat();
     for name in ["sandbox-probe", "events-probe", "net-probe"] {
         assert_loaded(&runtime, name);
         for export in &runtime.component(name).unwrap().exports {
@@ -852,7 +857,7 @@ fn every_probe_export_has_a_host_test() {
             let uses = source.matches(&quoted).count();
             assert!(
                 uses >= 1,
-                "{name} exports `{}` but no test in tests/all/sandbox.rs or tests/all/invoke.rs calls it",
+                "{name} exports `{}` but no test in tests/all/sandbox.rs, invoke.rs or replay.rs calls it",
                 export.name
             );
         }

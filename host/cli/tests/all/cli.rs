@@ -4,15 +4,7 @@ use std::process::{Command, Output};
 
 use capbridge_tests::{component, policy, program, shared_cache_dir, shipped_policy, Fixture};
 
-fn capbridge(fx: &Fixture, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_capbridge"))
-        .args(["--components", fx.components_dir().to_str().unwrap()])
-        .args(["--policies", fx.policy_dir().to_str().unwrap()])
-        .args(["--cache", shared_cache_dir().to_str().unwrap()])
-        .args(args)
-        .output()
-        .expect("capbridge runs")
-}
+use crate::capbridge;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

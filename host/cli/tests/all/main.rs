@@ -5,3 +5,18 @@ mod capabilities;
 mod cli;
 mod commands;
 mod replay;
+
+use std::process::{Command, Output};
+
+use capbridge_tests::{shared_cache_dir, Fixture};
+
+/// `capbridge --components … --policies … --cache … ARGS` on the fixture's directories.
+pub fn capbridge(fx: &Fixture, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_capbridge"))
+        .args(["--components", fx.components_dir().to_str().unwrap()])
+        .args(["--policies", fx.policy_dir().to_str().unwrap()])
+        .args(["--cache", shared_cache_dir().to_str().unwrap()])
+        .args(args)
+        .output()
+        .expect("capbridge runs")
+}

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use capbridge_tests::{policy, root, shared_cache_dir, Fixture};
+use capbridge_tests::{policy, root, Fixture};
+
+use crate::capbridge;
 
 const WORLD: &str = r#"package example:greeter;
 
@@ -136,16 +138,6 @@ fn wit_bindgen_version() -> String {
         .expect("wit-bindgen 0.61 in Cargo.lock");
     let version = &lock[at + "name = \"wit-bindgen\"\nversion = \"".len()..];
     format!("={}", &version[..version.find('"').unwrap()])
-}
-
-fn capbridge(fx: &Fixture, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_capbridge"))
-        .args(["--components", fx.components_dir().to_str().unwrap()])
-        .args(["--policies", fx.policy_dir().to_str().unwrap()])
-        .args(["--cache", shared_cache_dir().to_str().unwrap()])
-        .args(args)
-        .output()
-        .expect("capbridge runs")
 }
 
 fn text(out: &Output) -> String {
