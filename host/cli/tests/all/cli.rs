@@ -199,6 +199,9 @@ fn with_config(fx: &Fixture, config: &std::path::Path) -> Command {
         .args(["--policies", fx.policy_dir().to_str().unwrap()])
         .args(["--cache", shared_cache_dir().to_str().unwrap()])
         .args(["--config", config.to_str().unwrap()])
+        // Its own state (whitelist rules, the audit log, which one `serve` at a time holds):
+        // tests run side by side.
+        .env("XDG_DATA_HOME", fx.path().join("data"))
         .env_remove("CAPBRIDGE_PORT");
     command
 }
