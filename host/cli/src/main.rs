@@ -233,12 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 config.policy_dir.join(format!("{policy}.toml"))
             };
-            let id = file
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
-            let policy = caps::load_policy(&id, &file)?;
+            let policy = caps::load_policy(&component_id(&file), &file)?;
             let others = other_policies(&config.policy_dir, &file);
             let others: Vec<&Policy> = others.iter().collect();
             let mut explanation = policy.explain();
@@ -255,11 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             deny_risky,
         }) => {
             // Both are versions of one component's policy: the new file's name is its id.
-            let id = new
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let id = component_id(&new);
             let before = caps::load_policy(&id, &old)?;
             let after = caps::load_policy(&id, &new)?;
             let diff = capbridge_policy::diff(&before, &after);
@@ -561,6 +552,15 @@ fn other_policies(dir: &Path, except: &Path) -> Vec<Policy> {
             caps::load_policy(&id, &p).ok()
         })
         .collect()
+}
+
+/// The component id a policy file is for: its name without `.toml`.
+fn component_id(policy_file: &Path) -> String {
+    policy_file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// How long in-flight requests get to finish at shutdown before they are cancelled.

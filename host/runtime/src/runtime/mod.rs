@@ -471,7 +471,7 @@ impl Runtime {
         for (i, (id, wasm_path)) in found.into_iter().enumerate() {
             let unchanged = old
                 .get(&id)
-                .filter(|e| e.fingerprint == self.fingerprint(&id, &wasm_path))
+                .filter(|e| e.fingerprint == self.fingerprint(&id, &wasm_path, &pins))
                 .cloned();
             let entry = match unchanged {
                 Some(entry) => entry,
@@ -518,13 +518,19 @@ impl Runtime {
 
     /// What a component is loaded from — its `.wasm`, its policy and its pin — as one string:
     /// what a reload compares.
-    fn fingerprint(&self, id: &str, wasm_path: &Path) -> String {
+    /// `pins` is the lock file as read once for the whole (re)load.
+    fn fingerprint(
+        &self,
+        id: &str,
+        wasm_path: &Path,
+        pins: &Result<Option<Pins>, String>,
+    ) -> String {
         let read = |path: &Path| std::fs::read(path).unwrap_or_default();
         let policy = self.config.policy_dir.join(format!("{id}.toml"));
-        let pin = match Pins::load(&self.config.policy_dir) {
+        let pin = match pins {
             Ok(Some(pins)) => format!("{:?}", pins.components.get(id)),
             Ok(None) => "unpinned".to_string(),
-            Err(e) => e,
+            Err(e) => e.clone(),
         };
         format!(
             "{}:{}:{pin}",
@@ -558,7 +564,7 @@ impl Runtime {
         total: usize,
         progress: &mut dyn FnMut(LoadEvent<'_>),
     ) -> Entry {
-        let fingerprint = self.fingerprint(id, &wasm_path);
+        let fingerprint = self.fingerprint(id, &wasm_path, pins);
         let policy_path = self.config.policy_dir.join(format!("{id}.toml"));
         let mut info = ComponentInfo {
             id: id.to_string(),
