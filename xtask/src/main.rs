@@ -36,9 +36,11 @@ fn xtask() -> anyhow::Result<()> {
         }
         Some("serve") => {
             ensure_toolchain()?;
+            ensure_packages(BUILD_PACKAGES)?;
             build_guests(&root)?;
+            // `capbridge` itself: the desktop shell on a desktop, else headless as `serve`.
             let mut cmd = cargo();
-            cmd.args(["run", "--quiet", "--package", "capbridge", "--", "serve"])
+            cmd.args(["run", "--quiet", "--package", "capbridge", "--"])
                 .args(&args[1..]);
             run(&mut cmd)
         }
@@ -49,7 +51,21 @@ fn xtask() -> anyhow::Result<()> {
             // The command tests run git, answer prompts in a pseudo-terminal (script), call the
             // prompt socket as another user (setpriv) and contain runs in PID namespaces
             // (unshare). The MCP tests start real MCP servers from npm (node, npm).
+            // The desktop shell's tests run an X server (Xvfb) with a window manager (openbox),
+            // take screenshots (ImageMagick), read them (tesseract) and click (xdotool).
+            ensure_packages(BUILD_PACKAGES)?;
             ensure_packages(&[
+                ("Xvfb", "xvfb"),
+                ("openbox", "openbox"),
+                ("xdotool", "xdotool"),
+                ("xprop", "x11-utils"),
+                ("import", "imagemagick"),
+                ("tesseract", "tesseract-ocr"),
+                (
+                    "file:/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                    "fonts-dejavu-core",
+                ),
+                ("xdg-open", "xdg-utils"),
                 ("chromium", "chromium"),
                 ("curl", "curl"),
                 ("jq", "jq"),
@@ -78,6 +94,10 @@ fn xtask() -> anyhow::Result<()> {
                     .args(["test", "--lib"])
                     .args(component_package_args(&root)?))?;
                 replay_recorded_tests(&root)?;
+            }
+            let shots = root.join("target/desktop-screenshots");
+            if shots.is_dir() {
+                eprintln!("xtask: the desktop tests' screenshots: {}", shots.display());
             }
             Ok(())
         }
@@ -171,12 +191,32 @@ fn ensure_toolchain() -> anyhow::Result<()> {
     }
 }
 
-/// Installs missing Debian packages (`(command, package)`) with apt-get when running as root;
-/// otherwise fails with the exact command to run.
+/// What building capbridge needs: WebKitGTK for the desktop shell (`lib:` names a pkg-config
+/// module).
+const BUILD_PACKAGES: &[(&str, &str)] = &[
+    ("lib:webkit2gtk-4.1", "libwebkit2gtk-4.1-dev"),
+    ("pkg-config", "pkg-config"),
+];
+
+/// Installs missing Debian packages (`(command, package)`, `("lib:module", package)` for a
+/// library pkg-config knows, `("file:/path", package)` for a file) with apt-get when running as root; otherwise fails with the exact
+/// command to run.
 fn ensure_packages(needed: &[(&str, &str)]) -> anyhow::Result<()> {
+    let present = |check: &str| {
+        if let Some(module) = check.strip_prefix("lib:") {
+            Command::new("pkg-config")
+                .args(["--exists", module])
+                .status()
+                .is_ok_and(|s| s.success())
+        } else if let Some(file) = check.strip_prefix("file:") {
+            Path::new(file).exists()
+        } else {
+            on_path(check)
+        }
+    };
     let missing: Vec<&str> = needed
         .iter()
-        .filter(|(command, _)| !on_path(command))
+        .filter(|(check, _)| !present(check))
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {

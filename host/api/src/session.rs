@@ -176,6 +176,17 @@ impl Sessions {
         inner.sessions.iter().any(|s| s.id == id && s.expires > now)
     }
 
+    /// The web app origin session `id` was issued to (`None` for a local client, or a session
+    /// that ended): what a prompt window names as the asker.
+    pub fn origin(&self, id: u64) -> Option<String> {
+        let inner = self.inner.lock().expect("sessions lock");
+        inner
+            .sessions
+            .iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.origin.clone())
+    }
+
     /// How many sessions are live.
     pub fn live(&self) -> usize {
         let now = Instant::now();

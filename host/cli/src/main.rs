@@ -17,6 +17,7 @@ use capbridge_runtime::{
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod desktop;
 mod prompts;
 mod replay;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -26,7 +27,7 @@ use tracing_subscriber::Layer as _;
 /// capbridge: a native capability host whose capabilities are sandboxed WebAssembly components,
 /// each getting only what its policy file grants.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Directory of component `.wasm` files [default: ./components if present, else the XDG data dir]
     #[arg(long, global = true, env = "CAPBRIDGE_COMPONENTS")]
@@ -40,25 +41,37 @@ struct Cli {
     /// The bridge config file (port, allowed origins, timeouts) [default: $XDG_CONFIG_HOME/capbridge/config.toml]
     #[arg(long, global = true, env = "CAPBRIDGE_CONFIG")]
     config: Option<PathBuf>,
+    /// With no command: the desktop shell when there is a display (the status window, prompt
+    /// windows; it serves the contract too), else the same as `serve`.
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// With no command: `osloop://open`, `osloop://focus`, `osloop://ensure-server` or
+    /// `osloop://settings` (or `capbridge://…`), handed to the capbridge already running on
+    /// this desktop, else done by this one as it starts.
+    #[arg(value_name = "URL")]
+    url: Option<String>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// Listen on this port for this run only (0: any free port); the persisted port is unchanged.
+    #[arg(long, env = "CAPBRIDGE_PORT")]
+    port: Option<u16>,
+    /// Dev mode for this run: also allow the config's loopback `dev-origins`.
+    #[arg(long)]
+    dev: bool,
+    /// Record every call made through the contract into DIR, one trace file each
+    /// (`DIR/<component>/<time>-<function>-<random>.trace.json`), to replay with `capbridge replay`.
+    #[arg(long, value_name = "DIR", env = "CAPBRIDGE_RECORD")]
+    record: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Load every component and serve the localhost contract on 127.0.0.1 until Ctrl-C or SIGTERM.
-    Serve {
-        /// Listen on this port for this run only (0: any free port); the persisted port is unchanged.
-        #[arg(long, env = "CAPBRIDGE_PORT")]
-        port: Option<u16>,
-        /// Dev mode for this run: also allow the config's loopback `dev-origins`.
-        #[arg(long)]
-        dev: bool,
-        /// Record every call made through the contract into DIR, one trace file each
-        /// (`DIR/<component>/<time>-<function>-<random>.trace.json`), to replay with `capbridge replay`.
-        #[arg(long, value_name = "DIR", env = "CAPBRIDGE_RECORD")]
-        record: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Show or change the bridge config file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -223,7 +236,28 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config_file = config_path(&cli);
     let config = runtime_config(&cli, config_file.as_deref().ok())?;
-    match cli.command {
+    let Some(command) = cli.command else {
+        let config_file = config_file?;
+        if let Some(url) = &cli.url {
+            if !url.starts_with("osloop:") && !url.starts_with("capbridge:") {
+                anyhow::bail!(
+                    "`{url}` is neither a command nor an osloop:// URL; see `capbridge --help`"
+                );
+            }
+        }
+        return if desktop::available() {
+            desktop::run(config, &config_file, cli.serve, cli.url.as_deref())
+        } else if let Some(url) = &cli.url {
+            anyhow::bail!(
+                "{url}: osloop:// links go to capbridge's desktop shell, which needs a display; \
+                 headless, run `capbridge serve`"
+            )
+        } else {
+            eprintln!("{}", desktop::HEADLESS);
+            serve(config, &config_file, cli.serve)
+        };
+    };
+    match command {
         Command::Policy(PolicyCommand::Explain { policy }) => {
             let file = if Path::new(&policy).is_file()
                 || policy.contains('/')
@@ -374,13 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ),
         Command::Replay { trace, wasm } => replay::replay_one(config, &trace, wasm.as_deref()),
         Command::Test { dir, wasm } => replay::test_dir(config, &dir, wasm.as_deref()),
-        Command::Serve { port, dev, record } => {
-            let config = RuntimeConfig {
-                record_dir: record,
-                ..config
-            };
-            serve(config, &config_file?, port, dev)
-        }
+        Command::Serve(args) => serve(config, &config_file?, args),
         Command::Prompts { port, command } => {
             let port = match port {
                 Some(port) => port,
@@ -409,35 +437,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn serve(
+/// What `serve` and the desktop shell do first: the config (with `--dev`), one try at binding
+/// the port, and the runtime, loaded knowing that port so no grant can reach it.
+struct Prepared {
+    bridge: BridgeConfig,
+    port: u16,
+    listener: Result<tokio::net::TcpListener, capbridge_api::BindError>,
+    runtime: Arc<Runtime>,
+}
+
+fn prepare(
     config: RuntimeConfig,
     config_path: &Path,
-    port: Option<u16>,
-    dev: bool,
-) -> anyhow::Result<ExitCode> {
+    args: ServeArgs,
+    tokio: &tokio::runtime::Runtime,
+) -> anyhow::Result<Prepared> {
     // Files the bridge and its components create are the user's alone: a component replaces
     // a file by renaming a new one over it and cannot copy the old mode bits, so a private
     // file must not come back world-readable.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let mut bridge = BridgeConfig::load_or_create(config_path)?;
-    if dev {
+    if args.dev {
         bridge.mode = Mode::Dev;
     }
-    let tokio = tokio::runtime::Runtime::new()?;
-    let listener = tokio.block_on(capbridge_api::bind(port.unwrap_or(bridge.port)))?;
-    // The bound port is known before any component loads, so no grant can reach it.
-    let config = RuntimeConfig {
-        own_files: config
-            .own_files
-            .clone()
-            .with_port(listener.local_addr()?.port()),
-        ..config
+    let port = args.port.unwrap_or(bridge.port);
+    let listener = tokio.block_on(capbridge_api::bind(port));
+    let bound = match &listener {
+        Ok(listener) => listener.local_addr()?.port(),
+        Err(_) => port,
     };
     let config = RuntimeConfig {
+        own_files: config.own_files.clone().with_port(bound),
         audit_retention: Some(bridge.audit_retention()),
+        record_dir: args.record,
         ..config
     };
-    let runtime = Arc::new(load(config)?);
+    Ok(Prepared {
+        bridge,
+        port,
+        listener,
+        runtime: Arc::new(load(config)?),
+    })
+}
+
+fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let tokio = tokio::runtime::Runtime::new()?;
+    let Prepared {
+        bridge,
+        listener,
+        runtime,
+        ..
+    } = prepare(config, config_path, args, &tokio)?;
+    let listener = listener?;
     let components = runtime.components();
     let loaded = components
         .iter()
@@ -661,30 +712,6 @@ fn describe_import(import: &str, info: &ComponentInfo) -> (bool, String) {
     }
 }
 
-fn grants_summary(policy: &Policy) -> Vec<String> {
-    let mut grants = Vec::new();
-    for dir in &policy.directories {
-        grants.push(format!(
-            "directory {} as {} ({:?})",
-            dir.host.display(),
-            dir.guest,
-            dir.access
-        ));
-    }
-    if !policy.environment.is_empty() {
-        grants.push(format!("environment {}", policy.environment.join(", ")));
-    }
-    for entry in &policy.grants {
-        if let Some(grant) = &entry.grant {
-            grants.push(match grant.scope() {
-                Some(scope) => format!("{} {scope}", entry.key),
-                None => entry.key.to_string(),
-            });
-        }
-    }
-    grants
-}
-
 /// A load failure's reason as lines to show: the runtime names each refused import's reason in
 /// one sentence (imports refused for the same reason share it), joined with `; `.
 fn reason_lines(id: &str, reason: &str) -> Vec<String> {
@@ -712,7 +739,7 @@ fn print_component(info: &ComponentInfo) {
     println!("  wasm:    {}", info.wasm_path.display());
     println!("  policy:  {}", info.policy_path.display());
     if let Some(policy) = &info.policy {
-        let grants = grants_summary(policy);
+        let grants = policy.grant_summary();
         println!(
             "  grants:  {}",
             if grants.is_empty() {

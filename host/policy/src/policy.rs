@@ -139,6 +139,32 @@ struct VersionProbe {
 }
 
 impl Policy {
+    /// One short line per grant (`directory ~/capbridge as /data (ReadWrite)`, `awake`,
+    /// `network https://api.example.com`): what `component list` and the status window show.
+    pub fn grant_summary(&self) -> Vec<String> {
+        let mut grants = Vec::new();
+        for dir in &self.directories {
+            grants.push(format!(
+                "directory {} as {} ({:?})",
+                dir.host.display(),
+                dir.guest,
+                dir.access
+            ));
+        }
+        if !self.environment.is_empty() {
+            grants.push(format!("environment {}", self.environment.join(", ")));
+        }
+        for entry in &self.grants {
+            if let Some(grant) = &entry.grant {
+                grants.push(match grant.scope() {
+                    Some(scope) => format!("{} {scope}", entry.key),
+                    None => entry.key.to_string(),
+                });
+            }
+        }
+        grants
+    }
+
     /// Parse and validate a policy file's text; `kinds` are the capabilities' keys under
     /// `[grants]` (any other key is unknown). `~/` in directory grants is expanded against
     /// `$HOME`.

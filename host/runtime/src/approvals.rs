@@ -93,6 +93,8 @@ pub enum Decider {
     Terminal,
     /// `capbridge prompts` over the prompt socket.
     PromptsCli,
+    /// The desktop shell's prompt window.
+    PromptWindow,
     /// The web app, through the resolve route (only when the user opted in).
     WebApp,
     /// Nobody answered within [`PROMPT_TIMEOUT`] (or the session or host ended).
@@ -104,6 +106,7 @@ impl Decider {
         match self {
             Decider::Terminal => "terminal",
             Decider::PromptsCli => "prompts-cli",
+            Decider::PromptWindow => "prompt-window",
             Decider::WebApp => "web-app",
             Decider::Nobody => "nobody",
         }

@@ -24,18 +24,18 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value as DbusValue};
 
 /// How long anything may take before a test gives up (generous: a first start compiles, and
 /// this machine may be busy building).
-const PATIENCE: Duration = Duration::from_secs(180);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(180);
 const MIB: usize = 1024 * 1024;
 
 /// A person's installation, all in one temporary directory: a home directory, the components
 /// and their policies, a compile cache and the bridge's config file.
-struct Install {
+pub(crate) struct Install {
     dir: tempfile::TempDir,
 }
 
 impl Install {
     /// The shipped components `ids`, each with its shipped policy.
-    fn shipped(ids: &[&str]) -> Self {
+    pub(crate) fn shipped(ids: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         for sub in ["home", "components", "policy", "cache"] {
             std::fs::create_dir(dir.path().join(sub)).expect("install layout");
@@ -53,7 +53,7 @@ impl Install {
     }
 
     /// Every component `cargo xtask build` installed, with every shipped policy.
-    fn everything_shipped() -> Self {
+    pub(crate) fn everything_shipped() -> Self {
         let mut ids: Vec<String> = std::fs::read_dir(root().join("components"))
             .expect("components/")
             .filter_map(|entry| {
@@ -73,39 +73,39 @@ impl Install {
         Self::shipped(&ids)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
-    fn home(&self) -> PathBuf {
+    pub(crate) fn home(&self) -> PathBuf {
         self.path().join("home")
     }
-    fn components(&self) -> PathBuf {
+    pub(crate) fn components(&self) -> PathBuf {
         self.path().join("components")
     }
-    fn policies(&self) -> PathBuf {
+    pub(crate) fn policies(&self) -> PathBuf {
         self.path().join("policy")
     }
-    fn cache(&self) -> PathBuf {
+    pub(crate) fn cache(&self) -> PathBuf {
         self.path().join("cache")
     }
-    fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.path().join("config.toml")
     }
 
-    fn set_policy(&self, id: &str, text: &str) {
+    pub(crate) fn set_policy(&self, id: &str, text: &str) {
         std::fs::write(self.policies().join(format!("{id}.toml")), text).expect("write policy");
     }
 
-    fn set_config(&self, text: &str) {
+    pub(crate) fn set_config(&self, text: &str) {
         std::fs::write(self.config(), text).expect("write config");
     }
 }
 
 /// A running `capbridge serve --port 0`; killed (SIGKILL) when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     base: String,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
     http: reqwest::Client,
 }
@@ -113,31 +113,14 @@ struct Server {
 impl Server {
     /// Starts the binary for `install` with a clean environment: PATH, HOME (the install's home)
     /// and `env`, nothing else (no display, no session bus unless `env` names them).
-    fn start(install: &Install, env: &[(&str, &str)]) -> Server {
-        static STARTS: AtomicUsize = AtomicUsize::new(0);
-        let log = install.path().join(format!(
-            "capbridge-{}.log",
-            STARTS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_capbridge"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", install.home())
-            .env("CAPBRIDGE_LOG", "info")
-            .envs(env.iter().copied())
-            .arg("--components")
-            .arg(install.components())
-            .arg("--policies")
-            .arg(install.policies())
-            .arg("--cache")
-            .arg(install.cache())
-            .arg("--config")
-            .arg(install.config())
-            .args(["serve", "--port", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"));
+    pub(crate) fn start(install: &Install, env: &[(&str, &str)]) -> Server {
+        Self::start_with(install, env, &["serve", "--port", "0"])
+    }
+
+    /// [`Server::start`] with other arguments after the directories (`--port 0` alone: the
+    /// desktop shell).
+    pub(crate) fn start_with(install: &Install, env: &[(&str, &str)], args: &[&str]) -> Server {
+        let (mut command, log) = Self::command(install, env, args);
         let mut child = command.spawn().expect("capbridge starts");
         let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
         let first = lines.next().and_then(Result::ok);
@@ -168,28 +151,61 @@ impl Server {
         }
     }
 
+    /// The command [`Server::start_with`] runs, and the file its stderr goes to.
+    pub(crate) fn command(
+        install: &Install,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> (Command, PathBuf) {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let log = install.path().join(format!(
+            "capbridge-{}.log",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_capbridge"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", install.home())
+            .env("CAPBRIDGE_LOG", "info")
+            .envs(env.iter().copied())
+            .arg("--components")
+            .arg(install.components())
+            .arg("--policies")
+            .arg(install.policies())
+            .arg("--cache")
+            .arg(install.cache())
+            .arg("--config")
+            .arg(install.config())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        (command, log)
+    }
+
     /// [`Server::start`] from an async test (the start blocks until capbridge prints its address).
-    fn start_in_place(install: &Install, env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start_in_place(install: &Install, env: &[(&str, &str)]) -> Server {
         tokio::task::block_in_place(|| Server::start(install, env))
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// What capbridge logged so far.
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGKILL, as a crash or a power cut of the process would end it.
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// SIGTERM, as Ctrl-C or a service manager stops it; waits for the exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
@@ -197,12 +213,12 @@ impl Server {
     }
 
     /// Whether the process is still running.
-    fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// A new session as a local client (no `Origin`).
-    async fn handshake(&self) -> String {
+    pub(crate) async fn handshake(&self) -> String {
         let (status, body) = self
             .send(self.http.post(self.url("/api/v1/session/handshake")))
             .await;
@@ -213,16 +229,16 @@ impl Server {
             .to_string()
     }
 
-    async fn health(&self) -> u16 {
+    pub(crate) async fn health(&self) -> u16 {
         self.send(self.http.get(self.url("/api/v1/health"))).await.0
     }
 
-    async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, token: &str, path: &str) -> (u16, Value) {
         self.send(self.http.get(self.url(path)).header(TOKEN, token))
             .await
     }
 
-    async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
         self.send(
             self.http
                 .post(self.url(path))
@@ -232,7 +248,7 @@ impl Server {
         .await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
         let response = request
             .send()
             .await
@@ -266,14 +282,14 @@ fn message(body: &Value) -> &str {
 }
 
 /// A private D-Bus session bus (`dbus-daemon --session`) of one test; killed when dropped.
-struct Bus {
+pub(crate) struct Bus {
     child: Child,
-    address: String,
+    pub(crate) address: String,
     _dir: tempfile::TempDir,
 }
 
 impl Bus {
-    fn start() -> Bus {
+    pub(crate) fn start() -> Bus {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("data dir");
@@ -316,7 +332,7 @@ impl Bus {
     }
 
     /// A plain client connection, to ask the bus itself.
-    async fn connect(&self) -> zbus::Connection {
+    pub(crate) async fn connect(&self) -> zbus::Connection {
         zbus::connection::Builder::address(self.address.as_str())
             .expect("bus address")
             .build()
@@ -325,7 +341,7 @@ impl Bus {
     }
 
     /// Waits until nobody owns `name` on this bus.
-    async fn wait_until_unowned(&self, name: &str) {
+    pub(crate) async fn wait_until_unowned(&self, name: &str) {
         let connection = self.connect().await;
         let dbus = zbus::fdo::DBusProxy::new(&connection)
             .await
@@ -349,7 +365,7 @@ impl Drop for Bus {
 }
 
 /// Polls `done` until it is true, failing after [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut done: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

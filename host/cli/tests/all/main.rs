@@ -4,6 +4,7 @@
 mod capabilities;
 mod cli;
 mod commands;
+mod desktop;
 mod replay;
 
 use std::process::{Command, Output};

@@ -17,6 +17,7 @@
 //! (see docs/architecture.md).
 
 pub mod awake;
+pub mod canvas;
 pub mod dialog;
 pub mod events;
 pub mod log;
@@ -64,6 +65,7 @@ pub static ALL: &[&dyn Capability] = &[
     &system::System,
     &process::Process,
     &mcp::Mcp,
+    &canvas::Canvas,
 ];
 
 /// The policy halves of [`ALL`], for reading policy files.

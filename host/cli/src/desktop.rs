@@ -1,0 +1,85 @@
+//! `capbridge` with no command: the desktop shell (`capbridge-desktop`) when there is a display
+//! and the binary was built with it (the `desktop` feature, on by default), else `serve`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use capbridge_runtime::RuntimeConfig;
+
+use crate::ServeArgs;
+
+/// Said when `capbridge` runs headless.
+pub const HEADLESS: &str = if cfg!(feature = "desktop") {
+    "capbridge: no display (DISPLAY and WAYLAND_DISPLAY are unset): running headless, as \
+     `capbridge serve`"
+} else {
+    "capbridge: built without the desktop shell (the `desktop` feature): running headless, as \
+     `capbridge serve`"
+};
+
+/// Whether the desktop shell can open windows here.
+pub fn available() -> bool {
+    let set = |name| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    cfg!(feature = "desktop") && (set("DISPLAY") || set("WAYLAND_DISPLAY"))
+}
+
+#[cfg(feature = "desktop")]
+pub fn run(
+    config: RuntimeConfig,
+    config_path: &Path,
+    args: ServeArgs,
+    url: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use capbridge_desktop::instance::{self, Action, Claim};
+    let first = match url {
+        Some(url) => Action::parse(url).map_err(anyhow::Error::msg)?,
+        None => Action::Focus,
+    };
+    // One shell per user: a second launch hands its URL to the first and says what happened.
+    let instance = match instance::claim(&instance::socket_path(&config.state_dir), first)? {
+        Claim::Handed(reply) => {
+            println!("{}", reply.message);
+            return Ok(if reply.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Claim::First(listener) => listener,
+    };
+    // `osloop://` links open capbridge (this binary) from the browser.
+    if let (Some(dirs), Ok(exe)) = (directories::BaseDirs::new(), std::env::current_exe()) {
+        if let Err(e) = instance::register_url_handler(dirs.data_dir(), &exe) {
+            tracing::warn!("cannot register the osloop:// URL handler: {e:#}");
+        }
+    }
+    let tokio = tokio::runtime::Runtime::new()?;
+    let prepared = crate::prepare(config, config_path, args, &tokio)?;
+    let watcher = {
+        let _guard = tokio.enter();
+        prepared.runtime.watch()?
+    };
+    if let Err(e) = &prepared.listener {
+        println!("capbridge: not listening: {e}");
+    }
+    let tray_mode = prepared.bridge.tray_mode;
+    // Lives as long as the shell: the shell's event loop ends the process.
+    std::mem::forget(watcher);
+    capbridge_desktop::run(capbridge_desktop::Options {
+        runtime: prepared.runtime,
+        config: prepared.bridge,
+        config_path: config_path.to_path_buf(),
+        port: prepared.port,
+        listener: prepared.listener.map_err(|e| e.to_string()),
+        tokio,
+        instance,
+        first,
+        tray_mode,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "desktop"))]
+pub fn run(_: RuntimeConfig, _: &Path, _: ServeArgs, _: Option<&str>) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("capbridge was built without the desktop shell (the `desktop` feature)")
+}

@@ -1,0 +1,884 @@
+//! The desktop shell as a person sees it: `capbridge` (no command) on a real X server (Xvfb)
+//! with a window manager (openbox) and a private D-Bus session, started by each test. What the
+//! test sees it reads off screenshots (ImageMagick's `import`, OCR by `tesseract`); what it does
+//! it does with synthesized input (`xdotool`), as a person would. Screenshots are kept in
+//! `target/desktop-screenshots/<test>/`.
+//!
+//! The tests take turns (one X server at a time: WebKit is heavy on two cores).
+
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use capbridge_tests::root;
+use serde_json::json;
+
+use crate::capabilities::{Bus, Install, Server, PATIENCE};
+
+/// One desktop test at a time.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// An X server with a window manager, and a session bus, for one test; stopped when dropped.
+struct Desktop {
+    xvfb: Child,
+    wm: Child,
+    bus: Bus,
+    display: String,
+    shots: PathBuf,
+    taken: std::cell::Cell<usize>,
+}
+
+/// A word on the screen, where it is (screen coordinates of its box).
+#[derive(Clone, Debug)]
+struct Word {
+    /// Tesseract's block, paragraph and line: words with the same key are on one line.
+    line: (u32, u32, u32),
+    text: String,
+    x: i32,
+    y: i32,
+    width: i32,
+    height: i32,
+}
+
+impl Word {
+    fn center(&self) -> (i32, i32) {
+        (self.x + self.width / 2, self.y + self.height / 2)
+    }
+}
+
+/// A window's place on the screen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Geometry {
+    x: i32,
+    y: i32,
+    width: i32,
+    height: i32,
+}
+
+impl Desktop {
+    fn start(test: &str) -> Desktop {
+        for tool in [
+            "Xvfb",
+            "openbox",
+            "xdotool",
+            "import",
+            "convert",
+            "tesseract",
+        ] {
+            assert!(
+                which(tool),
+                "`{tool}` is not installed: `cargo xtask test` installs it, or run: apt-get \
+                 install xvfb openbox xdotool imagemagick tesseract-ocr"
+            );
+        }
+        let shots = root().join("target/desktop-screenshots").join(test);
+        let _ = std::fs::remove_dir_all(&shots);
+        std::fs::create_dir_all(&shots).expect("screenshot dir");
+        // -displayfd: Xvfb picks a free display and writes its number when it is ready.
+        let mut xvfb = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x900x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb starts");
+        let mut number = String::new();
+        let mut out = xvfb.stdout.take().expect("stdout");
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).map(|n| n == 1).unwrap_or(false) && byte[0] != b'\n' {
+            number.push(byte[0] as char);
+        }
+        assert!(!number.is_empty(), "Xvfb did not report a display");
+        let display = format!(":{}", number.trim());
+        let wm = Command::new("openbox")
+            .env("DISPLAY", &display)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openbox starts");
+        let desktop = Desktop {
+            xvfb,
+            wm,
+            bus: Bus::start(),
+            display,
+            shots,
+            taken: std::cell::Cell::new(0),
+        };
+        desktop.wait_for("the window manager", || {
+            desktop
+                .x(&["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"])
+                .contains("window id")
+        });
+        desktop
+    }
+
+    /// The environment capbridge needs to show windows here.
+    fn env(&self) -> Vec<(&str, String)> {
+        vec![
+            ("DISPLAY", self.display.clone()),
+            ("GDK_BACKEND", "x11".into()),
+            ("WEBKIT_DISABLE_COMPOSITING_MODE", "1".into()),
+            ("DBUS_SESSION_BUS_ADDRESS", self.bus.address.clone()),
+        ]
+    }
+
+    /// Starts the desktop shell (`capbridge ARGS`) for `install`, with `extra` environment.
+    fn capbridge(&self, install: &Install, extra: &[(&str, &str)], args: &[&str]) -> Server {
+        // The compile cache the other tests share: a first start here compiles nothing.
+        if !install.cache().is_symlink() {
+            std::fs::remove_dir(install.cache()).expect("empty cache dir");
+            std::os::unix::fs::symlink(capbridge_tests::shared_cache_dir(), install.cache())
+                .expect("link the shared cache");
+        }
+        let env = self.env();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(extra);
+        Server::start_with(install, &all, args)
+    }
+
+    /// Runs an X client on this display; its stdout.
+    fn x(&self, command: &[&str]) -> String {
+        let output = Command::new(command[0])
+            .args(&command[1..])
+            .env("DISPLAY", &self.display)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", command[0]));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Saves a screenshot of the whole screen as `NN-name.png`; its path.
+    fn screenshot(&self, name: &str) -> PathBuf {
+        self.taken.set(self.taken.get() + 1);
+        let path = self
+            .shots
+            .join(format!("{:02}-{name}.png", self.taken.get()));
+        let shot = self.x(&["import", "-window", "root", path.to_str().unwrap()]);
+        assert!(path.exists(), "screenshot {name} not taken: {shot}");
+        path
+    }
+
+    /// The window whose title contains `title`, once it is shown.
+    fn window(&self, title: &str) -> Geometry {
+        let mut found = None;
+        // Shown, and in place on the screen (a window coming back from being minimized is
+        // mapped before the window manager moves it back).
+        // Shown, and still (the window manager animates a window coming back from being
+        // minimized: its place settles after it is mapped).
+        let mut last = None;
+        self.wait_for(&format!("a window titled `{title}`"), || {
+            let previous = last;
+            last = self.geometry(title);
+            found = last;
+            last.is_some() && previous == last
+        });
+        found.unwrap()
+    }
+
+    fn geometry(&self, title: &str) -> Option<Geometry> {
+        // --name takes a regular expression: the title's special characters match themselves.
+        let pattern: String = title
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == ' ' {
+                    c.to_string()
+                } else {
+                    format!("\\{c}")
+                }
+            })
+            .collect();
+        let ids = self.x(&["xdotool", "search", "--onlyvisible", "--name", &pattern]);
+        let id = ids.lines().next()?.trim().to_string();
+        // xwininfo: xdotool's getwindowgeometry counts the frame's offset twice under a
+        // reparenting window manager.
+        let info = self.x(&["xwininfo", "-id", &id]);
+        let value = |key: &str| -> Option<i32> {
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix(key))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some(Geometry {
+            x: value("Absolute upper-left X:")?,
+            y: value("Absolute upper-left Y:")?,
+            width: value("Width:")?,
+            height: value("Height:")?,
+        })
+    }
+
+    /// The words in `area` of the screen now (OCR of a fresh screenshot, at twice the size).
+    fn read(&self, area: Geometry) -> Vec<Word> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shot = dir.path().join("screen.png");
+        let big = dir.path().join("area.png");
+        self.x(&["import", "-window", "root", shot.to_str().unwrap()]);
+        let crop = format!("{}x{}+{}+{}", area.width, area.height, area.x, area.y);
+        let status = Command::new("convert")
+            .arg(&shot)
+            .args([
+                "-crop",
+                &crop,
+                "+repage",
+                "-colorspace",
+                "gray",
+                "-resize",
+                "200%",
+            ])
+            .arg(&big)
+            .status()
+            .expect("convert runs");
+        assert!(status.success(), "convert {crop}");
+        let tsv = Command::new("tesseract")
+            // One thread: the machine is busy with capbridge and WebKit.
+            .env("OMP_THREAD_LIMIT", "1")
+            .arg(&big)
+            .args(["-", "--psm", "11", "tsv"])
+            .stderr(Stdio::null())
+            .output()
+            .expect("tesseract runs");
+        String::from_utf8_lossy(&tsv.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                let text = f.get(11)?.trim();
+                if text.is_empty() {
+                    return None;
+                }
+                let n = |i: usize| f.get(i).and_then(|v| v.parse::<i32>().ok());
+                let k = |i: usize| f.get(i).and_then(|v| v.parse::<u32>().ok());
+                Some(Word {
+                    line: (k(2)?, k(3)?, k(4)?),
+                    text: text.to_string(),
+                    x: area.x + n(6)? / 2,
+                    y: area.y + n(7)? / 2,
+                    width: n(8)? / 2,
+                    height: n(9)? / 2,
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until `phrase` appears in `area`, within one line of text; the word it starts in.
+    fn find(&self, area: Geometry, phrase: &str) -> Word {
+        let start = Instant::now();
+        let seen = loop {
+            let words = self.read(area);
+            if let Some(word) = find_phrase(&words, phrase) {
+                return word;
+            }
+            if start.elapsed() > PATIENCE {
+                break words;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        let text: Vec<&str> = seen.iter().map(|w| w.text.as_str()).collect();
+        let shot = self.screenshot("phrase-not-found");
+        panic!(
+            "`{phrase}` never appeared in {area:?} (see {}); it shows: {}",
+            shot.display(),
+            text.join(" ")
+        );
+    }
+
+    fn click(&self, (x, y): (i32, i32)) {
+        self.x(&[
+            "xdotool",
+            "mousemove",
+            &x.to_string(),
+            &y.to_string(),
+            "click",
+            "1",
+        ]);
+    }
+
+    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Desktop {
+    fn drop(&mut self) {
+        for child in [&mut self.wm, &mut self.xvfb] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The word where `phrase` starts, when a line's text (its words joined by spaces) has it.
+fn find_phrase(words: &[Word], phrase: &str) -> Option<Word> {
+    let mut i = 0;
+    while i < words.len() {
+        let line: Vec<&Word> = words[i..]
+            .iter()
+            .take_while(|w| w.line == words[i].line)
+            .collect();
+        let text = line
+            .iter()
+            .map(|w| w.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let bounded = |at: usize| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + phrase.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        };
+        if let Some(at) = text
+            .match_indices(phrase)
+            .map(|(at, _)| at)
+            .find(|&at| bounded(at))
+        {
+            // The word whose span holds byte `at` of the joined text.
+            let mut offset = 0;
+            for word in &line {
+                if at < offset + word.text.len() + 1 {
+                    return Some((*word).clone());
+                }
+                offset += word.text.len() + 1;
+            }
+        }
+        i += line.len();
+    }
+    None
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.lock().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_window_shows_the_bound_port_and_live_requests() {
+    let _turn = turn().await;
+    let desktop = Desktop::start("status");
+    let install = Install::everything_shipped();
+    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let status = tokio::task::block_in_place(|| desktop.window("capbridge"));
+    // A real request, made now: the connection log shows it.
+    let token = server.handshake().await;
+    let (code, _) = server.get(&token, "/api/v1/bridge/info").await;
+    assert_eq!(code, 200);
+    tokio::task::block_in_place(|| {
+        desktop.find(status, &format!("127.0.0.1:{}", server.port));
+        desktop.find(status, "/api/v1/bridge/info");
+        desktop.screenshot("status-with-requests");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_waits_for_the_prompt_window_and_runs_when_allowed_once() {
+    let _turn = turn().await;
+    let desktop = Desktop::start("prompt-allow");
+    let install = Install::everything_shipped();
+    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let token = server.handshake().await;
+    let (code, run) = server
+        .post(
+            &token,
+            "/api/v1/system/commands/execute",
+            json!({"template": {"program": "echo", "args": ["allowed", "by", "a", "click"]}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{run}");
+    assert_eq!(run["status"], "pending_approval", "{run}");
+    let request = run["requestId"].as_str().expect("requestId").to_string();
+    let id = run["id"].as_str().expect("id").to_string();
+    tokio::task::block_in_place(|| {
+        let prompt = desktop.window(&format!("allow? ({request})"));
+        // The exact command, as a person reads it.
+        desktop.find(prompt, "echo allowed by a click");
+        desktop.screenshot("prompt-window");
+        // The buttons unlock after a second; a click before that does nothing.
+        std::thread::sleep(Duration::from_millis(1200));
+        let allow = desktop.find(prompt, "Allow once");
+        desktop.click(allow.center());
+    });
+    let start = Instant::now();
+    let last = loop {
+        let (_, run) = server
+            .get(&token, &format!("/api/v1/system/commands/runs/{id}"))
+            .await;
+        if run["status"] == "completed" {
+            break run;
+        }
+        assert!(start.elapsed() < PATIENCE, "the run never completed: {run}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(last["approval"], "once", "{last}");
+    assert_eq!(last["stdout"], "allowed by a click\n", "{last}");
+    tokio::task::block_in_place(|| {
+        desktop.wait_for("the prompt window to close", || {
+            desktop.geometry(&format!("allow? ({request})")).is_none()
+        });
+        desktop.screenshot("after-allow");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_change_the_port_in_the_config_file_and_a_restart_binds_it() {
+    let _turn = turn().await;
+    let desktop = Desktop::start("settings");
+    let install = Install::everything_shipped();
+    let mut server =
+        tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let new_port = free_port();
+    tokio::task::block_in_place(|| {
+        let window = desktop.window("capbridge");
+        desktop.click(desktop.find(window, "Settings").center());
+        // As a person with a keyboard: into the origins box, back one field to the port,
+        // replace it, and Enter submits the form.
+        desktop.click(desktop.find(window, "Allowed origins").center());
+        desktop.x(&["xdotool", "key", "shift+Tab", "ctrl+a"]);
+        desktop.x(&["xdotool", "type", &new_port.to_string()]);
+        desktop.x(&["xdotool", "key", "Return"]);
+        desktop.find(window, "Saved. Restart capbridge");
+        desktop.screenshot("settings-saved");
+    });
+    let config = std::fs::read_to_string(install.config()).expect("config file");
+    assert!(
+        config.contains(&format!("port = {new_port}")),
+        "the config file has the new port:\n{config}"
+    );
+    // Written atomically: no temporary file left beside it.
+    let leftovers: Vec<String> = std::fs::read_dir(install.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    server.terminate();
+    // Started again without --port: the persisted port.
+    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &[]));
+    assert_eq!(server.port, new_port);
+    assert_eq!(server.health().await, 200);
+    tokio::task::block_in_place(|| {
+        let window = desktop.window("capbridge");
+        desktop.find(window, &format!("127.0.0.1:{new_port}"));
+        desktop.screenshot("restarted-on-new-port");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_link_opens_in_the_browser_and_the_window_stays() {
+    let _turn = turn().await;
+    let desktop = Desktop::start("navigation");
+    let install = Install::everything_shipped();
+    // The person's browser, as the desktop knows it: the default handler of http links
+    // (mimeapps.list and a .desktop file), which xdg-open runs.
+    let opened = install.path().join("browser-opened");
+    let browser = install.path().join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$1\" >> {}\n", opened.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let applications = install.home().join(".local/share/applications");
+    std::fs::create_dir_all(&applications).unwrap();
+    std::fs::write(
+        applications.join("test-browser.desktop"),
+        format!(
+            "[Desktop Entry]\nType=Application\nName=Test browser\nExec={} %u\n\
+             MimeType=x-scheme-handler/http;x-scheme-handler/https;\n",
+            browser.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(install.home().join(".config")).unwrap();
+    std::fs::write(
+        install.home().join(".config/mimeapps.list"),
+        "[Default Applications]\nx-scheme-handler/http=test-browser.desktop\n\
+         x-scheme-handler/https=test-browser.desktop\n",
+    )
+    .unwrap();
+    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    tokio::task::block_in_place(|| {
+        let window = desktop.window("capbridge");
+        desktop.click(desktop.find(window, "Settings").center());
+        desktop.click(desktop.find(window, "OpenAPI").center());
+        desktop.wait_for("the browser to be asked", || opened.exists());
+        // Still the app's page, not the remote one.
+        desktop.find(window, "Allowed origins");
+        desktop.screenshot("after-remote-link");
+    });
+    let asked = std::fs::read_to_string(&opened).unwrap();
+    assert_eq!(
+        asked.trim(),
+        format!("http://127.0.0.1:{}/api/v1/openapi.json", server.port)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The color of one pixel of a screenshot, as ImageMagick names it (`srgb(255,0,0)`).
+fn pixel(shot: &std::path::Path, (x, y): (i32, i32)) -> (u8, u8, u8) {
+    let out = Command::new("convert")
+        .arg(shot)
+        .args(["-crop", &format!("1x1+{x}+{y}"), "-depth", "8", "txt:-"])
+        .output()
+        .expect("convert runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `0,0: (255,0,0)  #FF0000  red`
+    let hex = text
+        .split_whitespace()
+        .find(|w| w.starts_with('#') && w.len() >= 7)
+        .unwrap_or_else(|| panic!("no color in {text}"));
+    let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).unwrap();
+    (byte(1), byte(3), byte(5))
+}
+
+fn close_to(a: (u8, u8, u8), b: (u8, u8, u8)) -> bool {
+    [(a.0, b.0), (a.1, b.1), (a.2, b.2)]
+        .iter()
+        .all(|(x, y)| x.abs_diff(*y) < 24)
+}
+
+const RED: (u8, u8, u8) = (0xcc, 0x00, 0x00);
+const GREEN: (u8, u8, u8) = (0x00, 0xaa, 0x00);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
+    let _turn = turn().await;
+    let desktop = Desktop::start("canvas");
+    let install = Install::everything_shipped();
+    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let token = server.handshake().await;
+    let status = tokio::task::block_in_place(|| desktop.window("capbridge"));
+    // Over the status window's "Settings" tab: a click there must reach the tab.
+    let settings = tokio::task::block_in_place(|| desktop.find(status, "Settings"));
+    let (cx, cy) = settings.center();
+    // The overlay tries the app's own scheme: green if it cannot reach it (as it must), red if
+    // it could.
+    let html = r##"<html><body style="margin:0;background:#cc0000">
+        <p style="font:bold 28px sans-serif;color:#fff;margin:8px">Build done</p>
+        <script>fetch("capbridge-ui://app/api/status").then(
+          () => { document.body.style.background = "#ff00ff"; },
+          () => { document.getElementById("probe").style.background = "#00aa00"; });</script>
+        <div id="probe" style="position:fixed;right:0;bottom:0;width:40px;height:40px;background:#0000ff"></div>
+        </body></html>"##;
+    let position = json!({"x": cx - 150, "y": cy - 60, "width": 300, "height": 120});
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/canvas.show/invoke",
+            json!({"args": {"html": html, "position": position}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"], json!({"ok": null}), "{body}");
+    tokio::task::block_in_place(|| {
+        let overlay = desktop.window("capbridge canvas");
+        desktop.find(overlay, "Build done");
+        let probe = (
+            overlay.x + overlay.width - 20,
+            overlay.y + overlay.height - 20,
+        );
+        desktop.wait_for("the overlay's fetch of the app scheme to fail", || {
+            close_to(pixel(&desktop.screenshot("canvas-probe"), probe), GREEN)
+        });
+        let shot = desktop.screenshot("canvas-shown");
+        assert!(close_to(
+            pixel(&shot, (overlay.x + 10, overlay.y + 60)),
+            RED
+        ));
+    });
+
+    // Another session can neither update nor hide it.
+    let other = server.handshake().await;
+    let (_, body) = server
+        .post(
+            &other,
+            "/api/v1/commands/canvas.hide/invoke",
+            json!({"args": {}}),
+        )
+        .await;
+    assert!(body["error"]["details"]["not-found"].is_string(), "{body}");
+
+    // Update: new content, same place.
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/canvas.update/invoke",
+            json!({"args": {"patch": {"html": "<body style='margin:0;background:#00aa00'><p style='font:bold 28px sans-serif;margin:8px'>Deployed</p></body>", "position": null}}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"], json!({"ok": null}), "{body}");
+    tokio::task::block_in_place(|| {
+        let overlay = desktop.window("capbridge canvas");
+        desktop.find(overlay, "Deployed");
+        let shot = desktop.screenshot("canvas-updated");
+        assert!(close_to(
+            pixel(&shot, (overlay.x + 10, overlay.y + 60)),
+            GREEN
+        ));
+        // Click-through: the click lands on the tab under the overlay.
+        desktop.click((cx, cy));
+        desktop.find(status, "Allowed origins");
+        desktop.screenshot("clicked-through");
+    });
+
+    // A prompt hides it; answering the prompt brings it back.
+    let (_, run) = server
+        .post(
+            &token,
+            "/api/v1/system/commands/execute",
+            json!({"template": {"program": "true"}}),
+        )
+        .await;
+    let request = run["requestId"].as_str().expect("requestId").to_string();
+    tokio::task::block_in_place(|| {
+        desktop.window(&format!("allow? ({request})"));
+        desktop.wait_for("the overlay to hide while the prompt is open", || {
+            desktop.geometry("capbridge canvas").is_none()
+        });
+        desktop.screenshot("prompt-hides-canvas");
+    });
+    let (code, _) = server
+        .post(
+            &token,
+            &format!("/api/v1/system/permissions/prompts/{request}/resolve"),
+            json!({"decision": "reject"}),
+        )
+        .await;
+    // The web app may not answer (web-approvals is off): a person rejects it in its window.
+    assert_eq!(code, 403);
+    tokio::task::block_in_place(|| {
+        let prompt = desktop.window(&format!("allow? ({request})"));
+        desktop.click(desktop.find(prompt, "Reject").center());
+        desktop.window("capbridge canvas");
+    });
+
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/canvas.hide/invoke",
+            json!({"args": {}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    tokio::task::block_in_place(|| {
+        desktop.wait_for("the overlay to hide", || {
+            desktop.geometry("capbridge canvas").is_none()
+        });
+        desktop.screenshot("canvas-hidden");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn url_scheme_reaches_the_running_shell_and_ensure_server_never_moves() {
+    let _turn = turn().await;
+    let desktop = Desktop::start("url-scheme");
+    let install = Install::everything_shipped();
+    // The persisted port is held by another program.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    install.set_config(&format!("port = {port}\n"));
+    let env = desktop.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (mut command, log) = Server::command(&install, &env, &[]);
+    let mut first = command
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("capbridge starts");
+    let shell = scopeguard(&mut first);
+    tokio::task::block_in_place(|| {
+        let window = desktop.window("capbridge");
+        desktop.find(window, "Not listening");
+        desktop.find(window, "Retry");
+        desktop.screenshot("port-busy");
+    });
+
+    // A second launch, as the browser makes it through the .desktop file: it hands the URL to
+    // the running shell, which tries the same port again and says why it cannot.
+    let desktop_file = install
+        .home()
+        .join(".local/share/applications/capbridge.desktop");
+    let registered = std::fs::read_to_string(&desktop_file).expect("the .desktop file");
+    assert!(
+        registered.contains("MimeType=x-scheme-handler/osloop;x-scheme-handler/capbridge;")
+            && registered.contains("%u"),
+        "{registered}"
+    );
+    let second = |url: &str| {
+        let (mut command, _) = Server::command(&install, &env, &[url]);
+        command
+            .stdout(Stdio::piped())
+            .output()
+            .expect("second launch")
+    };
+    let out = second("osloop://ensure-server");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("port {port}")) && said.contains("in use"),
+        "{said}"
+    );
+    let config = std::fs::read_to_string(install.config()).unwrap();
+    assert!(
+        config.contains(&format!("port = {port}")),
+        "the port stays: {config}"
+    );
+
+    // The port is free again: ensure-server binds it, and only it.
+    drop(busy);
+    let out = second("capbridge://ensure-server");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.trim(),
+        format!("capbridge listening on http://127.0.0.1:{port}")
+    );
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/health"))
+        .await
+        .expect("the bridge answers on its port");
+    assert_eq!(health.status(), 200);
+
+    // osloop://focus through xdg-open, as a browser opens it: the minimized window comes back.
+    tokio::task::block_in_place(|| {
+        let id = desktop.x(&["xdotool", "search", "--onlyvisible", "--name", "^capbridge"]);
+        let id = id.lines().next().expect("the status window").to_string();
+        desktop.x(&["xdotool", "windowminimize", "--sync", &id]);
+        desktop.wait_for("the window to be minimized", || {
+            desktop.geometry("capbridge").is_none()
+        });
+        let opened = Command::new("xdg-open")
+            .arg("osloop://focus")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", install.home())
+            .envs(env.iter().copied())
+            .status()
+            .expect("xdg-open runs");
+        assert!(opened.success());
+        let window = desktop.window("capbridge");
+        desktop.find(window, &format!("127.0.0.1:{port}"));
+        desktop.screenshot("focused-by-url");
+    });
+    let out = second("osloop://nowhere");
+    assert!(!out.status.success());
+    drop(shell);
+    let _ = log;
+}
+
+/// Kills the child when dropped.
+fn scopeguard(child: &mut Child) -> impl Drop + '_ {
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    Kill(child)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unanswered_prompt_window_counts_down_and_rejects() {
+    let _turn = turn().await;
+    let desktop = Desktop::start("prompt-timeout");
+    let install = Install::everything_shipped();
+    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let token = server.handshake().await;
+    let (_, run) = server
+        .post(
+            &token,
+            "/api/v1/system/commands/execute",
+            json!({"template": {"program": "echo", "args": ["nobody", "answers"]}}),
+        )
+        .await;
+    let request = run["requestId"].as_str().expect("requestId").to_string();
+    let id = run["id"].as_str().expect("id").to_string();
+    tokio::task::block_in_place(|| {
+        let prompt = desktop.window(&format!("allow? ({request})"));
+        desktop.find(prompt, "unless you answer");
+        desktop.screenshot("counting-down");
+    });
+    // Nobody answers: after 60 s the host rejects it and the window goes.
+    let start = Instant::now();
+    let run = loop {
+        let (_, run) = server
+            .get(&token, &format!("/api/v1/system/commands/runs/{id}"))
+            .await;
+        if run["status"] != "pending_approval" {
+            break run;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "still pending: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(run["status"], "rejected", "{run}");
+    assert!(
+        run["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nobody answered"),
+        "{run}"
+    );
+    tokio::task::block_in_place(|| {
+        desktop.wait_for("the prompt window to close", || {
+            desktop.geometry(&format!("allow? ({request})")).is_none()
+        });
+        desktop.screenshot("rejected-by-timeout");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_display_capbridge_runs_headless_as_serve() {
+    let install = Install::shipped(&["canvas"]);
+    // No DISPLAY, no WAYLAND_DISPLAY: the environment is cleared.
+    let server =
+        tokio::task::block_in_place(|| Server::start_with(&install, &[], &["--port", "0"]));
+    assert_eq!(server.health().await, 200);
+    assert!(
+        server.log().contains("running headless"),
+        "{}",
+        server.log()
+    );
+    let token = server.handshake().await;
+    let (_, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/canvas.show/invoke",
+            json!({"args": {"html": "x", "position": {"x": 0, "y": 0, "width": 10, "height": 10}}}),
+        )
+        .await;
+    // No screen to show an overlay on: the component's call says so.
+    let why = body["error"]["details"]["unavailable"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("no screen"), "{body}");
+}

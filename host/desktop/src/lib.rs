@@ -1,0 +1,363 @@
+//! capbridge's desktop shell: the status and settings window, a prompt window for each
+//! permission prompt, and the canvas overlay. The host owns every window (tao + wry); the
+//! shell's pages are `ui/`, served over the app-owned `capbridge-ui://app` origin
+//! ([`app_protocol`]), never from the localhost port.
+//!
+//! The shell runs on the main thread (GTK's); the server, the runtime and the pages' requests
+//! run on tokio, and reach the windows through [`Shell`] events.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use capbridge_api::BridgeConfig;
+use capbridge_runtime::approvals::Decision;
+use capbridge_runtime::caps::canvas::CanvasService;
+use capbridge_runtime::Runtime;
+use tao::event::{Event, WindowEvent};
+use tao::event_loop::{ControlFlow, EventLoopBuilder, EventLoopProxy, EventLoopWindowTarget};
+use tao::window::{Window, WindowBuilder, WindowId};
+use wry::{RequestAsyncResponder, WebView, WebViewBuilder};
+
+pub mod app_protocol;
+mod bridge;
+pub mod instance;
+pub mod navigation;
+mod overlay;
+mod settings;
+
+use app_protocol::App;
+pub use bridge::{BindStatus, Bridge};
+use navigation::Navigation;
+use settings::Settings;
+
+/// What the shell is started with.
+pub struct Options {
+    pub runtime: Arc<Runtime>,
+    /// The config as this run uses it (`--dev` applied).
+    pub config: BridgeConfig,
+    pub config_path: PathBuf,
+    /// The port this run binds, and the first try at binding it.
+    pub port: u16,
+    pub listener: Result<tokio::net::TcpListener, String>,
+    pub tokio: tokio::runtime::Runtime,
+    /// Where second launches hand their URL ([`instance::claim`]).
+    pub instance: std::os::unix::net::UnixListener,
+    /// What the launch asked for (`osloop://settings` opens the settings view).
+    pub first: instance::Action,
+    /// Closing the window hides it (the config's `tray-mode`).
+    pub tray_mode: bool,
+}
+
+/// What other threads ask of the windows.
+enum Shell {
+    /// A page's request is answered (on the main thread, as WebKitGTK wants).
+    Respond(RequestAsyncResponder, app_protocol::Reply),
+    /// The pending prompts changed: open and close prompt windows.
+    PromptsChanged,
+    /// A second launch asked to show the window (`osloop://open`, `focus`, `settings`).
+    Show(instance::Action),
+    /// The canvas service asks for an overlay change.
+    Overlay(capbridge_runtime::caps::canvas::Overlay),
+    Quit,
+}
+
+struct Windows {
+    status: (Window, WebView),
+    /// One window per pending prompt, by prompt id.
+    prompts: BTreeMap<String, (Window, WebView)>,
+    /// The canvas overlay, once a component showed one.
+    overlay: Option<overlay::Overlay>,
+}
+
+/// Runs the shell until the person quits (or SIGTERM / Ctrl-C); then stops the server.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let Options {
+        runtime,
+        config,
+        config_path,
+        port,
+        listener,
+        tokio,
+        instance,
+        first,
+        tray_mode,
+    } = options;
+    let handle = tokio.handle().clone();
+    let _guard = handle.enter();
+    let bridge = Bridge::start(runtime.clone(), config, config_path.clone(), port, listener);
+    let app = Arc::new(App {
+        runtime: runtime.clone(),
+        bridge: bridge.clone(),
+        settings: Settings::new(config_path),
+    });
+
+    let event_loop = EventLoopBuilder::<Shell>::with_user_event().build();
+    let proxy = event_loop.create_proxy();
+    watch_prompts(&runtime, proxy.clone());
+    if let Some(canvas) = runtime.service::<CanvasService>() {
+        canvas.attach(Arc::new(overlay::ShellScreen(std::sync::Mutex::new(
+            proxy.clone(),
+        ))));
+    }
+    quit_on_signals(proxy.clone());
+    answer_second_launches(instance, bridge.clone(), proxy.clone());
+
+    let status = open_page(
+        &event_loop,
+        WindowBuilder::new()
+            .with_title("capbridge")
+            .with_inner_size(tao::dpi::LogicalSize::new(960.0, 720.0)),
+        if first == instance::Action::Settings {
+            "index.html#settings"
+        } else {
+            "index.html"
+        },
+        &app,
+        &proxy,
+    )?;
+    let mut windows = Windows {
+        status,
+        prompts: BTreeMap::new(),
+        overlay: None,
+    };
+    open_prompt_windows(&event_loop, &mut windows, &runtime, &app, &proxy);
+
+    event_loop.run(move |event, target, control_flow| {
+        *control_flow = ControlFlow::Wait;
+        match event {
+            Event::UserEvent(Shell::Respond(responder, reply)) => responder.respond(reply),
+            Event::UserEvent(Shell::PromptsChanged) => {
+                open_prompt_windows(target, &mut windows, &runtime, &app, &proxy);
+                show_overlay(&windows);
+            }
+            Event::UserEvent(Shell::Overlay(change)) => {
+                if windows.overlay.is_none() {
+                    match overlay::Overlay::open(target) {
+                        Ok(overlay) => windows.overlay = Some(overlay),
+                        Err(e) => tracing::error!("cannot open the canvas overlay: {e:#}"),
+                    }
+                }
+                if let Some(overlay) = &mut windows.overlay {
+                    overlay.apply(change);
+                }
+                show_overlay(&windows);
+            }
+            Event::UserEvent(Shell::Quit) => *control_flow = ControlFlow::Exit,
+            Event::UserEvent(Shell::Show(action)) => {
+                let (window, webview) = &windows.status;
+                window.set_visible(true);
+                window.set_minimized(false);
+                let view = match action {
+                    instance::Action::Settings => Some("#settings"),
+                    instance::Action::Open => Some("#status"),
+                    _ => None,
+                };
+                if let Some(view) = view {
+                    let _ = webview.evaluate_script(&format!("location.hash = {view:?}"));
+                }
+                window.set_focus();
+            }
+            Event::WindowEvent {
+                window_id,
+                event: WindowEvent::CloseRequested,
+                ..
+            } => {
+                if window_id == windows.status.0.id() {
+                    if tray_mode {
+                        // Still serving; `osloop://focus` (or starting capbridge again) shows it.
+                        windows.status.0.set_visible(false);
+                    } else {
+                        *control_flow = ControlFlow::Exit;
+                    }
+                } else if let Some(id) = prompt_of(&windows, window_id) {
+                    // Closing a prompt is an answer: no.
+                    let _ = runtime.approvals().decide(
+                        &id,
+                        Decision::Reject,
+                        capbridge_runtime::approvals::Decider::PromptWindow,
+                    );
+                    windows.prompts.remove(&id);
+                    show_overlay(&windows);
+                }
+            }
+            Event::LoopDestroyed => {
+                windows.prompts.clear();
+                tokio.block_on(bridge.stop());
+                println!("capbridge: stopped");
+            }
+            _ => {}
+        }
+    });
+}
+
+/// The overlay is never on screen together with a prompt: nothing a component shows can cover
+/// or imitate the prompt a person answers.
+fn show_overlay(windows: &Windows) {
+    if let Some(overlay) = &windows.overlay {
+        overlay.show_unless(!windows.prompts.is_empty());
+    }
+}
+
+fn prompt_of(windows: &Windows, window: WindowId) -> Option<String> {
+    windows
+        .prompts
+        .iter()
+        .find(|(_, (w, _))| w.id() == window)
+        .map(|(id, _)| id.clone())
+}
+
+/// A prompt window for each pending prompt without one; prompts answered or timed out lose
+/// theirs.
+fn open_prompt_windows(
+    target: &EventLoopWindowTarget<Shell>,
+    windows: &mut Windows,
+    runtime: &Runtime,
+    app: &Arc<App>,
+    proxy: &EventLoopProxy<Shell>,
+) {
+    let pending = runtime.approvals().pending();
+    windows
+        .prompts
+        .retain(|id, _| pending.iter().any(|p| &p.id == id));
+    for prompt in pending {
+        if windows.prompts.contains_key(&prompt.id) {
+            continue;
+        }
+        let builder = WindowBuilder::new()
+            .with_title(format!("capbridge: allow? ({})", prompt.id))
+            .with_inner_size(tao::dpi::LogicalSize::new(560.0, 420.0))
+            .with_always_on_top(true);
+        match open_page(
+            target,
+            builder,
+            &format!("prompt.html#{}", prompt.id),
+            app,
+            proxy,
+        ) {
+            Ok(window) => {
+                window.0.set_focus();
+                windows.prompts.insert(prompt.id, window);
+            }
+            Err(e) => tracing::error!("cannot open the prompt window for {}: {e:#}", prompt.id),
+        }
+    }
+}
+
+/// A window showing one of the app's pages, in its own web context with the app's scheme.
+fn open_page(
+    target: &EventLoopWindowTarget<Shell>,
+    builder: WindowBuilder,
+    page: &str,
+    app: &Arc<App>,
+    proxy: &EventLoopProxy<Shell>,
+) -> anyhow::Result<(Window, WebView)> {
+    let window = builder.build(target)?;
+    let app = app.clone();
+    let responder_proxy = proxy.clone();
+    let webview = WebViewBuilder::new()
+        // Its own ephemeral context: nothing persists, and only these pages have the scheme.
+        .with_incognito(true)
+        .with_devtools(cfg!(debug_assertions))
+        .with_asynchronous_custom_protocol(
+            app_protocol::SCHEME.into(),
+            move |_webview, request, responder| {
+                let app = app.clone();
+                let proxy = responder_proxy.clone();
+                tokio::spawn(async move {
+                    let reply = app.handle(request).await;
+                    let _ = proxy.send_event(Shell::Respond(responder, reply));
+                });
+            },
+        )
+        .with_navigation_handler(|url| match navigation::decide(&url) {
+            Navigation::Allow => true,
+            Navigation::OpenInBrowser(url) => {
+                navigation::open_in_browser(&url);
+                false
+            }
+            Navigation::Refuse => {
+                tracing::warn!("navigation refused: {url}");
+                false
+            }
+        })
+        .with_new_window_req_handler(|url, _| {
+            tracing::warn!("window.open refused: {url}");
+            wry::NewWindowResponse::Deny
+        })
+        .with_url(format!("{}/{page}", app_protocol::ORIGIN));
+    let webview = {
+        use tao::platform::unix::WindowExtUnix;
+        use wry::WebViewBuilderExtUnix;
+        let vbox = window
+            .default_vbox()
+            .ok_or_else(|| anyhow::anyhow!("the window has no GTK box"))?;
+        webview.build_gtk(vbox)?
+    };
+    Ok((window, webview))
+}
+
+/// Second launches (`capbridge osloop://…`) are answered here: `ensure-server` binds the
+/// port if it is not bound (the launch prints what happened), the others show the window.
+fn answer_second_launches(
+    listener: std::os::unix::net::UnixListener,
+    bridge: Arc<Bridge>,
+    proxy: EventLoopProxy<Shell>,
+) {
+    use instance::{Action, Reply};
+    let proxy = Arc::new(std::sync::Mutex::new(proxy));
+    tokio::spawn(instance::serve(listener, move |action| {
+        let bridge = bridge.clone();
+        let proxy = proxy.clone();
+        async move {
+            match action {
+                Action::EnsureServer => match bridge.ensure().await {
+                    Ok(port) => Reply {
+                        ok: true,
+                        message: format!("capbridge listening on http://127.0.0.1:{port}"),
+                    },
+                    Err(error) => Reply {
+                        ok: false,
+                        message: error,
+                    },
+                },
+                shown => {
+                    let sent = proxy
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send_event(Shell::Show(shown));
+                    Reply {
+                        ok: sent.is_ok(),
+                        message: "capbridge: the status window is shown".into(),
+                    }
+                }
+            }
+        }
+    }));
+}
+
+fn watch_prompts(runtime: &Runtime, proxy: EventLoopProxy<Shell>) {
+    let mut changed = runtime.approvals().changed();
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            if proxy.send_event(Shell::PromptsChanged).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn quit_on_signals(proxy: EventLoopProxy<Shell>) {
+    tokio::spawn(async move {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        let _ = proxy.send_event(Shell::Quit);
+    });
+}

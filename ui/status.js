@@ -1,0 +1,147 @@
+// The status and settings views. Talks only to the app's own origin (capbridge-ui://app/api/…);
+// builds every element with textContent, never HTML from data.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+function fill(list, items, empty, render) {
+  list.replaceChildren();
+  if (items.length === 0) {
+    list.append(el(list.tagName === "TBODY" ? "tr" : "li", undefined, "empty"));
+    const last = list.lastChild;
+    if (list.tagName === "TBODY") {
+      const cell = el("td", empty, "empty");
+      cell.colSpan = 4;
+      last.append(cell);
+    } else {
+      last.textContent = empty;
+    }
+    return;
+  }
+  for (const item of items) list.append(render(item));
+}
+
+async function api(path, options) {
+  const response = await fetch("/api/" + path, options);
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
+function time(iso) {
+  return new Date(iso).toLocaleTimeString();
+}
+
+function renderStatus(s) {
+  const b = s.bind;
+  const line = b.state === "bound"
+    ? `Listening on http://127.0.0.1:${b.boundPort} (configured port ${b.configuredPort})`
+    : `Not listening: port ${b.port} is not bound (configured port ${b.configuredPort})`;
+  $("bind-line").textContent = line;
+  $("bind-error").hidden = !b.error;
+  $("bind-error").textContent = b.error || "";
+  $("bind-hint").hidden = !b.hint;
+  $("bind-hint").textContent = b.hint || "";
+  $("retry").hidden = b.state !== "not-bound";
+  document.title = b.state === "bound" ? `capbridge: ${b.boundPort}` : "capbridge: not listening";
+  if (b.boundPort) {
+    $("openapi").href = `http://127.0.0.1:${b.boundPort}/api/v1/openapi.json`;
+    $("openapi-line").hidden = false;
+  }
+
+  fill($("prompts"), s.prompts, "No prompts waiting.", (p) =>
+    el("li", `${p.id}: ${p.summary} (from ${p.component}) — answer in its window`));
+
+  fill($("connections"), s.connections, "No requests yet.", (c) => {
+    const row = el("tr");
+    row.append(el("td", time(c.time)));
+    row.append(el("td", `${c.method} ${c.path}${c.websocket ? " (WebSocket)" : ""}`));
+    row.append(el("td", c.error ? `${c.status} ${c.error}` : String(c.status), c.status >= 400 ? "fail" : ""));
+    row.append(el("td", c.origin || "—"));
+    return row;
+  });
+
+  fill($("components"), s.components, "No components.", (c) => {
+    const item = el("li");
+    item.append(el("strong", c.id + " "));
+    item.append(el("span", c.state, "state-" + c.state));
+    if (c.reason) item.append(el("div", c.reason, "error"));
+    if (c.grants.length) item.append(el("div", "grants: " + c.grants.join("; "), "hint"));
+    return item;
+  });
+
+  fill($("holds"), s.awakeHolds, "Nothing keeps the machine awake.", (h) =>
+    el("li", `${h.reason} (${h.component}, since ${new Date(h.acquiredAtMs).toLocaleTimeString()})`));
+
+  fill($("runs"), s.commandRuns, "No commands run.", (r) => {
+    const d = r.detail || {};
+    const what = d.program || d.template || JSON.stringify(d);
+    return el("li", `${new Date(r.timeMs).toLocaleTimeString()} ${r.kind} ${r.outcome}: ${typeof what === "string" ? what : JSON.stringify(what)}`);
+  });
+}
+
+async function refresh() {
+  try {
+    renderStatus(await api("status"));
+  } catch (e) {
+    $("bind-line").textContent = "capbridge is not answering: " + e.message;
+  }
+}
+
+async function loadSettings() {
+  const s = await api("settings");
+  $("config-path").textContent = s.configPath;
+  $("port").value = s.port;
+  $("origins").value = s.origins.join("\n");
+  $("dev-mode").checked = s.devMode;
+  $("tray-mode").checked = s.trayMode;
+}
+
+async function saveSettings(event) {
+  event.preventDefault();
+  const message = $("settings-message");
+  const change = {
+    port: Number($("port").value),
+    origins: $("origins").value.split("\n").map((o) => o.trim()).filter((o) => o),
+    devMode: $("dev-mode").checked,
+    trayMode: $("tray-mode").checked,
+  };
+  try {
+    await api("settings", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(change),
+    });
+    message.className = "";
+    message.textContent = "Saved. Restart capbridge for the change to take effect.";
+  } catch (e) {
+    message.className = "error";
+    message.textContent = "Not saved: " + e.message;
+  }
+}
+
+function showView() {
+  const settings = location.hash === "#settings";
+  $("view-status").hidden = settings;
+  $("view-settings").hidden = !settings;
+  $("tab-status").className = settings ? "" : "current";
+  $("tab-settings").className = settings ? "current" : "";
+  if (settings) loadSettings().catch((e) => { $("settings-message").textContent = e.message; });
+}
+
+$("settings").addEventListener("submit", saveSettings);
+$("retry").addEventListener("click", async () => {
+  try { await api("ensure-server", { method: "POST" }); } catch (_) { /* shown by refresh */ }
+  refresh();
+});
+window.addEventListener("hashchange", showView);
+showView();
+refresh();
+setInterval(refresh, 1000);
