@@ -1,6 +1,6 @@
-// One permission prompt. The buttons unlock after a short delay, so a click or key press
-// meant for another window cannot answer a prompt that just appeared. Unanswered, the host
-// rejects it when its time is up; the window closes when the prompt is gone.
+// One permission prompt. The allow buttons unlock a second after the window appears or comes
+// to the front, so a click or key press meant for another window cannot answer it.
+// Unanswered, the host rejects it when its time is up; the window closes when it is gone.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -15,7 +15,11 @@ function fact(name, value) {
   }));
 }
 
+let answered = false;
+
 async function decide(decision) {
+  answered = true;
+  clearTimeout(unlock);
   for (const b of document.querySelectorAll("button")) b.disabled = true;
   const response = await fetch("/api/prompts/" + encodeURIComponent(id), {
     method: "POST",
@@ -54,7 +58,22 @@ async function load() {
   };
   tick();
   setInterval(tick, 250);
-  setTimeout(() => { $("once").disabled = false; $("always").disabled = false; }, UNLOCK_MS);
+  lock();
+  // Locked again whenever the window comes (back) to the front: a click meant for a prompt
+  // just answered must not land on one that was waiting below it.
+  window.addEventListener("focus", lock);
+}
+
+let unlock = null;
+function lock() {
+  $("once").disabled = true;
+  $("always").disabled = true;
+  clearTimeout(unlock);
+  unlock = setTimeout(() => {
+    if (answered) return;
+    $("once").disabled = false;
+    $("always").disabled = false;
+  }, UNLOCK_MS);
 }
 
 $("once").addEventListener("click", () => decide("allow_once"));

@@ -31,6 +31,8 @@ pub fn run(
     url: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     use capbridge_desktop::instance::{self, Action, Claim};
+    // Before anything is created: the state directory and the socket are the user's alone.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let first = match url {
         Some(url) => Action::parse(url).map_err(anyhow::Error::msg)?,
         None => Action::Focus,
@@ -45,7 +47,7 @@ pub fn run(
                 ExitCode::FAILURE
             });
         }
-        Claim::First(listener) => listener,
+        Claim::First(first) => first,
     };
     // `osloop://` links open capbridge (this binary) from the browser.
     if let (Some(dirs), Ok(exe)) = (directories::BaseDirs::new(), std::env::current_exe()) {
@@ -59,8 +61,17 @@ pub fn run(
         let _guard = tokio.enter();
         prepared.runtime.watch()?
     };
-    if let Err(e) = &prepared.listener {
-        println!("capbridge: not listening: {e}");
+    match &prepared.listener {
+        // `capbridge prompts` answers here too, as with `serve`.
+        Ok(listener) => {
+            let socket = crate::prompts::socket_path(listener.local_addr()?.port());
+            let prompt_socket = tokio.block_on(crate::prompts::bind(&socket))?;
+            tokio.spawn(crate::prompts::serve_socket(
+                prompt_socket,
+                prepared.runtime.approvals().clone(),
+            ));
+        }
+        Err(e) => println!("capbridge: not listening: {e}"),
     }
     let tray_mode = prepared.bridge.tray_mode;
     // Lives as long as the shell: the shell's event loop ends the process.

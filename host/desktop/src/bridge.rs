@@ -74,8 +74,10 @@ impl Bridge {
     /// Binds the same port again if it is not bound (`osloop://ensure-server`, the status
     /// view's retry); never another port.
     pub async fn ensure(&self) -> Result<u16, String> {
-        if let Some(port) = self.bound_port() {
-            return Ok(port);
+        match &*self.state.lock().expect("bridge lock") {
+            State::Bound(server) => return Ok(server.addr().port()),
+            State::Stopped => return Err("capbridge is stopping".into()),
+            State::NotBound { .. } => {}
         }
         let state = match capbridge_api::bind(self.port).await {
             Ok(listener) => self.serve(listener),
@@ -84,9 +86,12 @@ impl Bridge {
             },
         };
         let mut current = self.state.lock().expect("bridge lock");
-        if let State::Bound(server) = &*current {
-            // Bound by another retry meanwhile; this listener is dropped.
-            return Ok(server.addr().port());
+        match &*current {
+            // Bound by another retry meanwhile; this one's server is dropped.
+            State::Bound(server) => return Ok(server.addr().port()),
+            // Stopping meanwhile: nothing may start again.
+            State::Stopped => return Err("capbridge is stopping".into()),
+            State::NotBound { .. } => {}
         }
         *current = state;
         match &*current {

@@ -84,43 +84,57 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// Becoming the shell, or having handed the action to the one running.
 pub enum Claim {
     /// No shell runs: this process is it, and answers on this socket.
-    First(UnixListener),
+    First(First),
     /// The running shell answered.
     Handed(Reply),
 }
 
-/// Hands `action` to the running shell, or claims the socket when none runs.
+/// The socket of the one shell, and the lock that makes it the one: both held while it runs.
+pub struct First {
+    pub listener: UnixListener,
+    pub(crate) _lock: std::fs::File,
+}
+
+/// How long a launch waits for a shell that holds the lock to start answering.
+const STARTING: Duration = Duration::from_secs(60);
+
+/// Hands `action` to the running shell, or becomes the shell when none runs. Who is the shell
+/// is decided by a lock (`desktop.lock` beside the socket), so two launches at once never both
+/// become it, and a socket left by a shell that died is taken over.
 pub fn claim(socket: &Path, action: Action) -> anyhow::Result<Claim> {
-    for _ in 0..3 {
-        match UnixStream::connect(socket) {
-            Ok(stream) => return Ok(Claim::Handed(hand(stream, action)?)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                // Nobody listens: a socket left by a shell that died is taken over.
-                if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    let _ = std::fs::remove_file(socket);
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("desktop.lock"))?;
+    let started = std::time::Instant::now();
+    loop {
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(socket);
+                let listener = UnixListener::bind(socket)?;
+                return Ok(Claim::First(First {
+                    listener,
+                    _lock: lock,
+                }));
+            }
+            // A shell runs (or is starting): hand it the action once it listens.
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                if let Ok(stream) = UnixStream::connect(socket) {
+                    return Ok(Claim::Handed(hand(stream, action)?));
                 }
-                if let Some(dir) = socket.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                match UnixListener::bind(socket) {
-                    Ok(listener) => return Ok(Claim::First(listener)),
-                    // Another launch bound it meanwhile: hand it the action.
-                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-                    Err(e) => return Err(e.into()),
-                }
+                anyhow::ensure!(
+                    started.elapsed() < STARTING,
+                    "another capbridge holds {} but does not answer",
+                    dir.join("desktop.lock").display()
+                );
+                std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => return Err(e.into()),
         }
     }
-    anyhow::bail!(
-        "another capbridge holds {} but does not answer",
-        socket.display()
-    )
 }
 
 fn hand(stream: UnixStream, action: Action) -> anyhow::Result<Reply> {
@@ -153,6 +167,8 @@ where
     let me = rustix::process::getuid().as_raw();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait instead of spinning.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         if stream.peer_cred().map(|c| c.uid()).ok() != Some(me) {
@@ -196,13 +212,31 @@ pub fn register_url_handler(data_home: &Path, exe: &Path) -> anyhow::Result<Path
     // Quoted only when it must be: some launchers (xdg-open's generic one) take the first word
     // of Exec as it is.
     let exe = exe.display().to_string();
+    anyhow::ensure!(
+        !exe.chars().any(char::is_control),
+        "the program's path has control characters; not registering it"
+    );
     let exe = if exe
         .chars()
         .all(|c| c.is_alphanumeric() || "/._-+".contains(c))
     {
         exe
     } else {
-        format!("\"{}\"", exe.replace('\\', "\\\\").replace('"', "\\\""))
+        // The Desktop Entry spec's quoting: inside quotes `"`, `` ` ``, `$` and `\` take a
+        // backslash, which the string escape doubles; `%` is `%%`.
+        let mut quoted = String::from("\"");
+        for c in exe.chars() {
+            match c {
+                '"' | '`' | '$' | '\\' => {
+                    quoted.push_str("\\\\");
+                    quoted.push(c);
+                }
+                '%' => quoted.push_str("%%"),
+                c => quoted.push(c),
+            }
+        }
+        quoted.push('"');
+        quoted
     };
     let text = format!(
         "[Desktop Entry]\nType=Application\nName=capbridge\nComment=Native capability host \
@@ -268,9 +302,10 @@ mod tests {
     fn a_second_launch_hands_its_action_to_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let socket = socket_path(dir.path());
-        let Claim::First(listener) = claim(&socket, Action::Open).unwrap() else {
+        let Claim::First(first) = claim(&socket, Action::Open).unwrap() else {
             panic!("nobody ran: this one is first");
         };
+        let First { listener, _lock } = first;
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.spawn(serve(listener, |action| async move {
             Reply {
@@ -288,6 +323,7 @@ mod tests {
         assert!(reply.ok);
         assert_eq!(reply.message, "Focus");
         drop(runtime);
+        drop(_lock);
         // The first is gone: its socket is taken over by the next launch.
         assert!(matches!(
             claim(&socket, Action::Open).unwrap(),

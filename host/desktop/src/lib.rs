@@ -41,8 +41,8 @@ pub struct Options {
     pub port: u16,
     pub listener: Result<tokio::net::TcpListener, String>,
     pub tokio: tokio::runtime::Runtime,
-    /// Where second launches hand their URL ([`instance::claim`]).
-    pub instance: std::os::unix::net::UnixListener,
+    /// Where second launches hand their URL ([`instance::claim`]), held while the shell runs.
+    pub instance: instance::First,
     /// What the launch asked for (`osloop://settings` opens the settings view).
     pub first: instance::Action,
     /// Closing the window hides it (the config's `tray-mode`).
@@ -101,7 +101,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         ))));
     }
     quit_on_signals(proxy.clone());
-    answer_second_launches(instance, bridge.clone(), proxy.clone());
+    let instance::First {
+        listener,
+        _lock: one_shell,
+    } = instance;
+    answer_second_launches(listener, bridge.clone(), proxy.clone());
 
     let status = open_page(
         &event_loop,
@@ -124,12 +128,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     open_prompt_windows(&event_loop, &mut windows, &runtime, &app, &proxy);
 
     event_loop.run(move |event, target, control_flow| {
+        // This process stays the one shell until it ends.
+        let _ = &one_shell;
         *control_flow = ControlFlow::Wait;
         match event {
             Event::UserEvent(Shell::Respond(responder, reply)) => responder.respond(reply),
             Event::UserEvent(Shell::PromptsChanged) => {
                 open_prompt_windows(target, &mut windows, &runtime, &app, &proxy);
-                show_overlay(&windows);
+                show_overlay(&windows, &runtime);
             }
             Event::UserEvent(Shell::Overlay(change)) => {
                 if windows.overlay.is_none() {
@@ -141,7 +147,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 if let Some(overlay) = &mut windows.overlay {
                     overlay.apply(change);
                 }
-                show_overlay(&windows);
+                show_overlay(&windows, &runtime);
             }
             Event::UserEvent(Shell::Quit) => *control_flow = ControlFlow::Exit,
             Event::UserEvent(Shell::Show(action)) => {
@@ -178,7 +184,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         capbridge_runtime::approvals::Decider::PromptWindow,
                     );
                     windows.prompts.remove(&id);
-                    show_overlay(&windows);
+                    show_overlay(&windows, &runtime);
                 }
             }
             Event::LoopDestroyed => {
@@ -193,9 +199,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 
 /// The overlay is never on screen together with a prompt: nothing a component shows can cover
 /// or imitate the prompt a person answers.
-fn show_overlay(windows: &Windows) {
+fn show_overlay(windows: &Windows, runtime: &Runtime) {
     if let Some(overlay) = &windows.overlay {
-        overlay.show_unless(!windows.prompts.is_empty());
+        // Pending prompts, not prompt windows: a prompt whose window did not open counts too.
+        let prompt_waiting = !runtime.approvals().pending().is_empty();
+        overlay.show_unless(prompt_waiting || !windows.prompts.is_empty());
     }
 }
 

@@ -1,7 +1,7 @@
 //! The canvas overlay (seed 001): a transparent, always-on-top, undecorated, click-through
 //! window showing only the HTML a `canvas` component gave. Its webview has its own ephemeral
 //! web context with one scheme, `capbridge-canvas://overlay/`, which answers that HTML under a
-//! CSP with no network at all; the app's `capbridge-ui` scheme does not exist there, there is no
+//! CSP with no script and no network at all; the app's `capbridge-ui` scheme does not exist there, there is no
 //! IPC handler, navigation away and `window.open` are refused.
 
 use std::sync::{Arc, Mutex};
@@ -18,11 +18,12 @@ use crate::Shell;
 const SCHEME: &str = "capbridge-canvas";
 const ORIGIN: &str = "capbridge-canvas://overlay/";
 
-/// Inline style and script run; nothing loads from anywhere (images and fonts as `data:`),
-/// nothing is sent anywhere, nothing navigates.
-pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src \
-                       'unsafe-inline'; img-src data:; font-src data:; media-src data:; \
-                       connect-src 'none'; base-uri 'none'; form-action 'none'; \
+/// HTML and inline style only: no script (so no print dialog, no fullscreen, no timers),
+/// nothing loads from anywhere (images and fonts as `data:`), nothing is sent anywhere,
+/// nothing navigates.
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'none'; \
+                       img-src data:; font-src data:; media-src data:; connect-src 'none'; \
+                       object-src 'none'; base-uri 'none'; form-action 'none'; \
                        frame-ancestors 'none'; frame-src 'none'; worker-src 'none'";
 
 /// The runtime's canvas service shows overlays through the shell's event loop.
@@ -57,6 +58,8 @@ impl Overlay {
             .with_rgba_visual(true)
             .with_always_on_top(true)
             .with_focused(false)
+            // Never the keyboard's: a page there gets no key presses (and so no user gesture).
+            .with_focusable(false)
             .with_skip_taskbar(true)
             .with_visible(false)
             .build(target)?;

@@ -28,6 +28,8 @@ struct Desktop {
     display: String,
     shots: PathBuf,
     taken: std::cell::Cell<usize>,
+    /// Held while the test runs (dropped last).
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// A word on the screen, where it is (screen coordinates of its box).
@@ -58,7 +60,13 @@ struct Geometry {
 }
 
 impl Desktop {
-    fn start(test: &str) -> Desktop {
+    /// Waits for its turn, then starts the X server, the window manager and the bus.
+    async fn start(test: &str) -> Desktop {
+        let turn = TURN.lock().await;
+        tokio::task::block_in_place(|| Self::start_now(test, turn))
+    }
+
+    fn start_now(test: &str, turn: tokio::sync::MutexGuard<'static, ()>) -> Desktop {
         for tool in [
             "Xvfb",
             "openbox",
@@ -114,6 +122,7 @@ impl Desktop {
             display,
             shots,
             taken: std::cell::Cell::new(0),
+            _turn: turn,
         };
         desktop.wait_for("the window manager", || {
             desktop
@@ -145,6 +154,11 @@ impl Desktop {
         let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         all.extend_from_slice(extra);
         Server::start_with(install, &all, args)
+    }
+
+    /// The desktop shell on any free port, for `install`.
+    fn shell(&self, install: &Install) -> Server {
+        tokio::task::block_in_place(|| self.capbridge(install, &[], &["--port", "0"]))
     }
 
     /// Runs an X client on this display; its stdout.
@@ -368,16 +382,11 @@ fn which(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
-    TURN.lock().await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_window_shows_the_bound_port_and_live_requests() {
-    let _turn = turn().await;
-    let desktop = Desktop::start("status");
+    let desktop = Desktop::start("status").await;
     let install = Install::everything_shipped();
-    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let server = desktop.shell(&install);
     let status = tokio::task::block_in_place(|| desktop.window("capbridge"));
     // A real request, made now: the connection log shows it.
     let token = server.handshake().await;
@@ -392,22 +401,11 @@ async fn the_status_window_shows_the_bound_port_and_live_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_waits_for_the_prompt_window_and_runs_when_allowed_once() {
-    let _turn = turn().await;
-    let desktop = Desktop::start("prompt-allow");
+    let desktop = Desktop::start("prompt-allow").await;
     let install = Install::everything_shipped();
-    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let server = desktop.shell(&install);
     let token = server.handshake().await;
-    let (code, run) = server
-        .post(
-            &token,
-            "/api/v1/system/commands/execute",
-            json!({"template": {"program": "echo", "args": ["allowed", "by", "a", "click"]}}),
-        )
-        .await;
-    assert_eq!(code, 200, "{run}");
-    assert_eq!(run["status"], "pending_approval", "{run}");
-    let request = run["requestId"].as_str().expect("requestId").to_string();
-    let id = run["id"].as_str().expect("id").to_string();
+    let (id, request) = execute(&server, &token, "echo", &["allowed", "by", "a", "click"]).await;
     tokio::task::block_in_place(|| {
         let prompt = desktop.window(&format!("allow? ({request})"));
         // The exact command, as a person reads it.
@@ -418,17 +416,8 @@ async fn a_command_waits_for_the_prompt_window_and_runs_when_allowed_once() {
         let allow = desktop.find(prompt, "Allow once");
         desktop.click(allow.center());
     });
-    let start = Instant::now();
-    let last = loop {
-        let (_, run) = server
-            .get(&token, &format!("/api/v1/system/commands/runs/{id}"))
-            .await;
-        if run["status"] == "completed" {
-            break run;
-        }
-        assert!(start.elapsed() < PATIENCE, "the run never completed: {run}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let last = run_once_decided(&server, &token, &id).await;
+    assert_eq!(last["status"], "completed", "{last}");
     assert_eq!(last["approval"], "once", "{last}");
     assert_eq!(last["stdout"], "allowed by a click\n", "{last}");
     tokio::task::block_in_place(|| {
@@ -441,11 +430,9 @@ async fn a_command_waits_for_the_prompt_window_and_runs_when_allowed_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_change_the_port_in_the_config_file_and_a_restart_binds_it() {
-    let _turn = turn().await;
-    let desktop = Desktop::start("settings");
+    let desktop = Desktop::start("settings").await;
     let install = Install::everything_shipped();
-    let mut server =
-        tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let mut server = desktop.shell(&install);
     let new_port = free_port();
     tokio::task::block_in_place(|| {
         let window = desktop.window("capbridge");
@@ -485,8 +472,7 @@ async fn settings_change_the_port_in_the_config_file_and_a_restart_binds_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remote_link_opens_in_the_browser_and_the_window_stays() {
-    let _turn = turn().await;
-    let desktop = Desktop::start("navigation");
+    let desktop = Desktop::start("navigation").await;
     let install = Install::everything_shipped();
     // The person's browser, as the desktop knows it: the default handler of http links
     // (mimeapps.list and a .desktop file), which xdg-open runs.
@@ -516,7 +502,7 @@ async fn a_remote_link_opens_in_the_browser_and_the_window_stays() {
          x-scheme-handler/https=test-browser.desktop\n",
     )
     .unwrap();
-    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let server = desktop.shell(&install);
     tokio::task::block_in_place(|| {
         let window = desktop.window("capbridge");
         desktop.click(desktop.find(window, "Settings").center());
@@ -531,6 +517,42 @@ async fn a_remote_link_opens_in_the_browser_and_the_window_stays() {
         asked.trim(),
         format!("http://127.0.0.1:{}/api/v1/openapi.json", server.port)
     );
+}
+
+/// Asks for a command through the contract; it waits for a person. Its run id and prompt id.
+async fn execute(server: &Server, token: &str, program: &str, args: &[&str]) -> (String, String) {
+    let (code, run) = server
+        .post(
+            token,
+            "/api/v1/system/commands/execute",
+            json!({"template": {"program": program, "args": args}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{run}");
+    assert_eq!(run["status"], "pending_approval", "{run}");
+    let id = run["id"].as_str().expect("id").to_string();
+    (
+        id,
+        run["requestId"].as_str().expect("requestId").to_string(),
+    )
+}
+
+/// The run once it is decided and, when allowed, done (a prompt waits at most 60 s).
+async fn run_once_decided(server: &Server, token: &str, id: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (_, run) = server
+            .get(token, &format!("/api/v1/system/commands/runs/{id}"))
+            .await;
+        if !matches!(run["status"].as_str(), Some("pending_approval" | "running")) {
+            return run;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "still undecided or running: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn free_port() -> u16 {
@@ -569,23 +591,22 @@ const GREEN: (u8, u8, u8) = (0x00, 0xaa, 0x00);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
-    let _turn = turn().await;
-    let desktop = Desktop::start("canvas");
+    let desktop = Desktop::start("canvas").await;
     let install = Install::everything_shipped();
-    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let server = desktop.shell(&install);
     let token = server.handshake().await;
     let status = tokio::task::block_in_place(|| desktop.window("capbridge"));
     // Over the status window's "Settings" tab: a click there must reach the tab.
     let settings = tokio::task::block_in_place(|| desktop.find(status, "Settings"));
     let (cx, cy) = settings.center();
-    // The overlay tries the app's own scheme: green if it cannot reach it (as it must), red if
-    // it could.
+    // The overlay tries to run a script (magenta if it could) and to embed the app's own
+    // pages (their fallback, the green probe, shows when it cannot, as it must).
     let html = r##"<html><body style="margin:0;background:#cc0000">
         <p style="font:bold 28px sans-serif;color:#fff;margin:8px">Build done</p>
-        <script>fetch("capbridge-ui://app/api/status").then(
-          () => { document.body.style.background = "#ff00ff"; },
-          () => { document.getElementById("probe").style.background = "#00aa00"; });</script>
-        <div id="probe" style="position:fixed;right:0;bottom:0;width:40px;height:40px;background:#0000ff"></div>
+        <script>document.body.style.background = "#ff00ff";</script>
+        <object data="capbridge-ui://app/api/status" type="text/plain"
+          style="position:fixed;right:0;bottom:0;width:40px;height:40px">
+          <div style="width:40px;height:40px;background:#00aa00"></div></object>
         </body></html>"##;
     let position = json!({"x": cx - 150, "y": cy - 60, "width": 300, "height": 120});
     let (code, body) = server
@@ -604,7 +625,7 @@ async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
             overlay.x + overlay.width - 20,
             overlay.y + overlay.height - 20,
         );
-        desktop.wait_for("the overlay's fetch of the app scheme to fail", || {
+        desktop.wait_for("the overlay's embed of the app's pages to fail", || {
             close_to(pixel(&desktop.screenshot("canvas-probe"), probe), GREEN)
         });
         let shot = desktop.screenshot("canvas-shown");
@@ -650,14 +671,7 @@ async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
     });
 
     // A prompt hides it; answering the prompt brings it back.
-    let (_, run) = server
-        .post(
-            &token,
-            "/api/v1/system/commands/execute",
-            json!({"template": {"program": "true"}}),
-        )
-        .await;
-    let request = run["requestId"].as_str().expect("requestId").to_string();
+    let (_, request) = execute(&server, &token, "true", &[]).await;
     tokio::task::block_in_place(|| {
         desktop.window(&format!("allow? ({request})"));
         desktop.wait_for("the overlay to hide while the prompt is open", || {
@@ -698,8 +712,7 @@ async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn url_scheme_reaches_the_running_shell_and_ensure_server_never_moves() {
-    let _turn = turn().await;
-    let desktop = Desktop::start("url-scheme");
+    let desktop = Desktop::start("url-scheme").await;
     let install = Install::everything_shipped();
     // The persisted port is held by another program.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -806,40 +819,18 @@ fn scopeguard(child: &mut Child) -> impl Drop + '_ {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unanswered_prompt_window_counts_down_and_rejects() {
-    let _turn = turn().await;
-    let desktop = Desktop::start("prompt-timeout");
+    let desktop = Desktop::start("prompt-timeout").await;
     let install = Install::everything_shipped();
-    let server = tokio::task::block_in_place(|| desktop.capbridge(&install, &[], &["--port", "0"]));
+    let server = desktop.shell(&install);
     let token = server.handshake().await;
-    let (_, run) = server
-        .post(
-            &token,
-            "/api/v1/system/commands/execute",
-            json!({"template": {"program": "echo", "args": ["nobody", "answers"]}}),
-        )
-        .await;
-    let request = run["requestId"].as_str().expect("requestId").to_string();
-    let id = run["id"].as_str().expect("id").to_string();
+    let (id, request) = execute(&server, &token, "echo", &["nobody", "answers"]).await;
     tokio::task::block_in_place(|| {
         let prompt = desktop.window(&format!("allow? ({request})"));
         desktop.find(prompt, "unless you answer");
         desktop.screenshot("counting-down");
     });
     // Nobody answers: after 60 s the host rejects it and the window goes.
-    let start = Instant::now();
-    let run = loop {
-        let (_, run) = server
-            .get(&token, &format!("/api/v1/system/commands/runs/{id}"))
-            .await;
-        if run["status"] != "pending_approval" {
-            break run;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "still pending: {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let run = run_once_decided(&server, &token, &id).await;
     assert_eq!(run["status"], "rejected", "{run}");
     assert!(
         run["message"]

@@ -341,14 +341,15 @@ impl Runtime {
         &self.audit
     }
 
-    /// The prompts waiting for a person, and the way to answer them. Only the host's own faces
-    /// (the terminal, `capbridge prompts`, the opted-in resolve route) reach this.
     /// A capability's host-wide state, for the person's faces (the status window shows
     /// `AwakeService::status`).
     pub fn service<S: crate::caps::Service>(&self) -> Option<Arc<S>> {
         self.services.get_arc::<S>()
     }
 
+    /// The prompts waiting for a person, and the way to answer them. Only the host's own faces
+    /// (the terminal, `capbridge prompts`, the prompt windows, the opted-in resolve route)
+    /// reach this.
     pub fn approvals(&self) -> &Approvals {
         &self.approvals
     }
