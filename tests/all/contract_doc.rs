@@ -186,6 +186,12 @@ async fn shell_examples_in_the_contract_print_what_the_doc_shows() {
     for id in faces.filter(|id| *id != "filesystem") {
         fixture.add(id, &component(id), Some(&shipped_policy(id)));
     }
+    // And the canvas, reached through commands only (no route of its own).
+    fixture.add(
+        "canvas",
+        &component("canvas"),
+        Some(&shipped_policy("canvas")),
+    );
     let config = capbridge_api::BridgeConfig {
         origins: vec![APP_ORIGIN.to_string()],
         ..Default::default()

@@ -27,7 +27,7 @@ use tracing_subscriber::Layer as _;
 /// capbridge: a native capability host whose capabilities are sandboxed WebAssembly components,
 /// each getting only what its policy file grants.
 #[derive(Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(version, about)]
 struct Cli {
     /// Directory of component `.wasm` files [default: ./components if present, else the XDG data dir]
     #[arg(long, global = true, env = "CAPBRIDGE_COMPONENTS")]
