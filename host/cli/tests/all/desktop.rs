@@ -108,28 +108,39 @@ impl Desktop {
         }
         assert!(!number.is_empty(), "Xvfb did not report a display");
         let display = format!(":{}", number.trim());
-        let wm = Command::new("openbox")
-            .env("DISPLAY", &display)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openbox starts");
-        let desktop = Desktop {
+        let wm_log = shots.join("openbox.log");
+        let mut desktop = Desktop {
             xvfb,
-            wm,
+            wm: start_openbox(&display, &wm_log),
             bus: Bus::start(),
             display,
             shots,
             taken: std::cell::Cell::new(0),
             _turn: turn,
         };
-        desktop.wait_for("the window manager", || {
-            desktop
-                .x(&["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"])
-                .contains("window id")
-        });
-        desktop
+        // Up when it has claimed the root window; started again if it died or hangs.
+        for attempt in 1.. {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if desktop
+                    .x(&["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"])
+                    .contains("window id")
+                {
+                    return desktop;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            assert!(
+                attempt < 3,
+                "openbox never came up on {}: {}",
+                desktop.display,
+                std::fs::read_to_string(&wm_log).unwrap_or_default()
+            );
+            let _ = desktop.wm.kill();
+            let _ = desktop.wm.wait();
+            desktop.wm = start_openbox(&desktop.display, &wm_log);
+        }
+        unreachable!()
     }
 
     /// The environment capbridge needs to show windows here.
@@ -372,6 +383,17 @@ fn find_phrase(words: &[Word], phrase: &str) -> Option<Word> {
         i += line.len();
     }
     None
+}
+
+fn start_openbox(display: &str, log: &std::path::Path) -> Child {
+    Command::new("openbox")
+        .arg("--sm-disable")
+        .env("DISPLAY", display)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("openbox log"))
+        .spawn()
+        .expect("openbox starts")
 }
 
 fn which(tool: &str) -> bool {
