@@ -342,3 +342,32 @@ fn config_set_port_persists_and_refuses_bad_values_without_changing_the_file() {
         assert_eq!(std::fs::read_to_string(&config).unwrap(), saved);
     }
 }
+
+#[test]
+fn a_word_that_is_neither_a_command_nor_an_osloop_url_is_refused() {
+    let fx = Fixture::new();
+    // Global options, then a subcommand: still the subcommand (not the URL argument).
+    let listed = capbridge(&fx, &["component", "list"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    for (word, says) in [
+        ("sevre", "`sevre` is neither a command nor an osloop:// URL"),
+        // Without a display an osloop:// URL has no shell to go to.
+        ("osloop://focus", "needs a display"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_capbridge"))
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .args(["--components", fx.components_dir().to_str().unwrap()])
+            .args(["--policies", fx.policy_dir().to_str().unwrap()])
+            .arg(word)
+            .output()
+            .expect("capbridge runs");
+        assert!(!out.status.success(), "{word}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{word}: {stderr}");
+    }
+}
