@@ -12,20 +12,17 @@ function el(tag, text, className) {
 }
 
 function fill(list, items, empty, render) {
-  list.replaceChildren();
-  if (items.length === 0) {
-    list.append(el(list.tagName === "TBODY" ? "tr" : "li", undefined, "empty"));
-    const last = list.lastChild;
-    if (list.tagName === "TBODY") {
-      const cell = el("td", empty, "empty");
-      cell.colSpan = 4;
-      last.append(cell);
-    } else {
-      last.textContent = empty;
-    }
-    return;
+  if (items.length > 0) {
+    list.replaceChildren(...items.map(render));
+  } else if (list.tagName === "TBODY") {
+    const cell = el("td", empty, "empty");
+    cell.colSpan = 4;
+    const row = el("tr");
+    row.append(cell);
+    list.replaceChildren(row);
+  } else {
+    list.replaceChildren(el("li", empty, "empty"));
   }
-  for (const item of items) list.append(render(item));
 }
 
 async function api(path, options) {

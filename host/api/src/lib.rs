@@ -38,6 +38,9 @@ pub use routes::commands::Registry;
 pub use routes::{routes, MODULES};
 
 /// The contract version this bridge speaks.
+/// How long in-flight requests get to finish when capbridge stops before they are cancelled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 pub const PROTOCOL_VERSION: &str = "osloop.bridge.v1";
 /// This build's version.
 pub const APP_VERSION: &str = env!("CARGO_PKG_VERSION");

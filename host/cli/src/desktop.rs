@@ -32,7 +32,7 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     use capbridge_desktop::instance::{self, Action, Claim};
     // Before anything is created: the state directory and the socket are the user's alone.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    crate::keep_files_private();
     let first = match url {
         Some(url) => Action::parse(url).map_err(anyhow::Error::msg)?,
         None => Action::Focus,
@@ -64,16 +64,12 @@ pub fn run(
     match &prepared.listener {
         // `capbridge prompts` answers here too, as with `serve`.
         Ok(listener) => {
-            let socket = crate::prompts::socket_path(listener.local_addr()?.port());
-            let prompt_socket = tokio.block_on(crate::prompts::bind(&socket))?;
-            tokio.spawn(crate::prompts::serve_socket(
-                prompt_socket,
-                prepared.runtime.approvals().clone(),
-            ));
+            let port = listener.local_addr()?.port();
+            let approvals = prepared.runtime.approvals().clone();
+            tokio.block_on(crate::prompts::answer_on_socket(port, approvals))?;
         }
         Err(e) => println!("capbridge: not listening: {e}"),
     }
-    let tray_mode = prepared.bridge.tray_mode;
     // Lives as long as the shell: the shell's event loop ends the process.
     std::mem::forget(watcher);
     capbridge_desktop::run(capbridge_desktop::Options {
@@ -85,7 +81,6 @@ pub fn run(
         tokio,
         instance,
         first,
-        tray_mode,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -452,10 +452,6 @@ fn prepare(
     args: ServeArgs,
     tokio: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Prepared> {
-    // Files the bridge and its components create are the user's alone: a component replaces
-    // a file by renaming a new one over it and cannot copy the old mode bits, so a private
-    // file must not come back world-readable.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let mut bridge = BridgeConfig::load_or_create(config_path)?;
     if args.dev {
         bridge.mode = Mode::Dev;
@@ -480,7 +476,15 @@ fn prepare(
     })
 }
 
+/// Files the bridge and its components create are the user's alone: a component replaces a
+/// file by renaming a new one over it and cannot copy the old mode bits, so a private file must
+/// not come back world-readable. Called first by `serve` and the desktop shell.
+fn keep_files_private() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
 fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    keep_files_private();
     let tokio = tokio::runtime::Runtime::new()?;
     let Prepared {
         bridge,
@@ -508,12 +512,8 @@ fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::
         let server = Server::start(listener, runtime.clone(), bridge, options)?;
         // Components and policies dropped in, changed or removed take effect without a restart.
         let _watcher = runtime.watch()?;
-        let socket = prompts::socket_path(server.addr().port());
-        let prompt_socket = prompts::bind(&socket).await?;
-        let answering = tokio::spawn(prompts::serve_socket(
-            prompt_socket,
-            runtime.approvals().clone(),
-        ));
+        let (socket, answering) =
+            prompts::answer_on_socket(server.addr().port(), runtime.approvals().clone()).await?;
         prompts::ask_in_terminal(runtime.approvals().clone());
         println!("capbridge listening on http://{}", server.addr());
         println!(
@@ -545,7 +545,7 @@ fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::
         drop(events);
         answering.abort();
         let _ = std::fs::remove_file(&socket);
-        server.shutdown(SHUTDOWN_GRACE).await?;
+        server.shutdown(capbridge_api::SHUTDOWN_GRACE).await?;
         println!("capbridge: stopped");
         anyhow::Ok(())
     })?;
@@ -613,9 +613,6 @@ fn component_id(policy_file: &Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
-
-/// How long in-flight requests get to finish at shutdown before they are cancelled.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn config_path(cli: &Cli) -> anyhow::Result<PathBuf> {
     match &cli.config {

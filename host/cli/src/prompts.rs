@@ -99,6 +99,17 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Binds the prompt socket of the bridge on `port` and answers on it: the socket's path, and
+/// the task (abort it to stop).
+pub async fn answer_on_socket(
+    port: u16,
+    approvals: Approvals,
+) -> anyhow::Result<(PathBuf, tokio::task::JoinHandle<()>)> {
+    let socket = socket_path(port);
+    let listener = bind(&socket).await?;
+    Ok((socket, tokio::spawn(serve_socket(listener, approvals))))
+}
+
 /// Answers `capbridge prompts` on `listener` until the task is dropped.
 pub async fn serve_socket(listener: UnixListener, approvals: Approvals) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));

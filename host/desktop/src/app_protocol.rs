@@ -30,35 +30,29 @@ const MAX_BODY: usize = 64 * 1024;
 /// Connection log entries the status view shows.
 const CONNECTIONS_SHOWN: usize = 50;
 
-/// The files of `ui/`, by path.
-const ASSETS: &[(&str, &str, &[u8])] = &[
-    ("/", "text/html", include_bytes!("../../../ui/index.html")),
-    (
-        "/index.html",
-        "text/html",
-        include_bytes!("../../../ui/index.html"),
-    ),
-    (
-        "/prompt.html",
-        "text/html",
-        include_bytes!("../../../ui/prompt.html"),
-    ),
-    (
-        "/app.css",
-        "text/css",
-        include_bytes!("../../../ui/app.css"),
-    ),
-    (
-        "/status.js",
-        "text/javascript",
-        include_bytes!("../../../ui/status.js"),
-    ),
-    (
-        "/prompt.js",
-        "text/javascript",
-        include_bytes!("../../../ui/prompt.js"),
-    ),
+/// The files of `ui/`, by name (`/` is `index.html`).
+const ASSETS: &[(&str, &[u8])] = &[
+    ("index.html", include_bytes!("../../../ui/index.html")),
+    ("prompt.html", include_bytes!("../../../ui/prompt.html")),
+    ("app.css", include_bytes!("../../../ui/app.css")),
+    ("status.js", include_bytes!("../../../ui/status.js")),
+    ("prompt.js", include_bytes!("../../../ui/prompt.js")),
 ];
+
+/// The page at `path`, and its media type.
+fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
+    let name = match path {
+        "/" => "index.html",
+        path => path.strip_prefix('/')?,
+    };
+    let (name, body) = ASSETS.iter().find(|(n, _)| *n == name)?;
+    let mime = match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("html") => "text/html",
+        Some("css") => "text/css",
+        _ => "text/javascript",
+    };
+    Some((mime, body))
+}
 
 /// What the pages reach.
 pub struct App {
@@ -100,8 +94,8 @@ impl App {
         if method != Method::GET {
             return error(StatusCode::METHOD_NOT_ALLOWED, "pages are read with GET");
         }
-        match ASSETS.iter().find(|(name, _, _)| *name == path) {
-            Some((_, mime, body)) => respond(StatusCode::OK, mime, body.to_vec()),
+        match asset(path) {
+            Some((mime, body)) => respond(StatusCode::OK, mime, body.to_vec()),
             None => error(StatusCode::NOT_FOUND, "no such page"),
         }
     }
@@ -340,7 +334,8 @@ mod tests {
 
     #[test]
     fn every_page_is_served_under_the_strict_csp() {
-        for (name, mime, body) in ASSETS {
+        for (name, _) in ASSETS {
+            let (mime, body) = asset(&format!("/{name}")).expect("every asset is served");
             assert!(!body.is_empty(), "{name}");
             let reply = respond(StatusCode::OK, mime, body.to_vec());
             assert_eq!(reply.headers()[header::CONTENT_SECURITY_POLICY], CSP);

@@ -4,16 +4,12 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use capbridge_api::connlog::Connection;
 use capbridge_api::{BridgeConfig, ServeOptions, Server};
 use capbridge_runtime::Runtime;
 use serde::Serialize;
 use tokio::net::TcpListener;
-
-/// How long in-flight requests get when the shell quits.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Bridge {
     runtime: Arc<Runtime>,
@@ -117,13 +113,6 @@ impl Bridge {
         }
     }
 
-    pub fn bound_port(&self) -> Option<u16> {
-        match &*self.state.lock().expect("bridge lock") {
-            State::Bound(server) => Some(server.addr().port()),
-            _ => None,
-        }
-    }
-
     pub fn status(&self) -> BindStatus {
         let state = self.state.lock().expect("bridge lock");
         let (name, bound_port, error) = match &*state {
@@ -166,13 +155,6 @@ impl Bridge {
         }
     }
 
-    /// Tells the web app's sessions what changed in the shell (`bridge.runtime.updated`).
-    pub fn publish(&self, topic: &str, payload: serde_json::Value) {
-        if let State::Bound(server) = &*self.state.lock().expect("bridge lock") {
-            server.shared().publish(topic, payload);
-        }
-    }
-
     /// Stops the server (sessions hear `bridge.stopping`) and what the capabilities hold.
     pub async fn stop(&self) {
         let state = std::mem::replace(
@@ -181,7 +163,7 @@ impl Bridge {
         );
         match state {
             State::Bound(server) => {
-                if let Err(e) = server.shutdown(SHUTDOWN_GRACE).await {
+                if let Err(e) = server.shutdown(capbridge_api::SHUTDOWN_GRACE).await {
                     tracing::warn!("stopping the server: {e:#}");
                 }
             }

@@ -200,7 +200,7 @@ where
 
 /// The `.desktop` file that makes this binary the handler of `osloop://` and `capbridge://`
 /// links (written to `$XDG_DATA_HOME/applications/capbridge.desktop`, atomically, when it
-/// differs), and `xdg-mime` told so when it is installed.
+/// differs, and then `xdg-mime` told so when it is installed).
 pub fn register_url_handler(data_home: &Path, exe: &Path) -> anyhow::Result<PathBuf> {
     let dir = data_home.join("applications");
     std::fs::create_dir_all(&dir)?;
@@ -243,12 +243,14 @@ pub fn register_url_handler(data_home: &Path, exe: &Path) -> anyhow::Result<Path
          for web apps\nExec={exe} %u\nTerminal=false\nNoDisplay=true\nMimeType={}\n",
         mime.concat()
     );
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-        let mut file = tempfile::NamedTempFile::new_in(&dir)?;
-        file.write_all(text.as_bytes())?;
-        file.as_file().sync_all()?;
-        file.persist(&path)?;
+    // Registered already (the usual start): nothing to write, no xdg-mime to run.
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(path);
     }
+    let mut file = tempfile::NamedTempFile::new_in(&dir)?;
+    file.write_all(text.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(&path)?;
     for scheme in SCHEMES {
         let _ = std::process::Command::new("xdg-mime")
             .args([

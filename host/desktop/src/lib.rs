@@ -45,8 +45,6 @@ pub struct Options {
     pub instance: instance::First,
     /// What the launch asked for (`osloop://settings` opens the settings view).
     pub first: instance::Action,
-    /// Closing the window hides it (the config's `tray-mode`).
-    pub tray_mode: bool,
 }
 
 /// What other threads ask of the windows.
@@ -81,8 +79,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         tokio,
         instance,
         first,
-        tray_mode,
     } = options;
+    // Closing the window hides it.
+    let tray_mode = config.tray_mode;
     let handle = tokio.handle().clone();
     let _guard = handle.enter();
     let bridge = Bridge::start(runtime.clone(), config, config_path.clone(), port, listener);
@@ -96,9 +95,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let proxy = event_loop.create_proxy();
     watch_prompts(&runtime, proxy.clone());
     if let Some(canvas) = runtime.service::<CanvasService>() {
-        canvas.attach(Arc::new(overlay::ShellScreen(std::sync::Mutex::new(
-            proxy.clone(),
-        ))));
+        canvas.attach(Arc::new(overlay::ShellScreen(proxy.clone())));
     }
     quit_on_signals(proxy.clone());
     let instance::First {
@@ -313,7 +310,6 @@ fn answer_second_launches(
     proxy: EventLoopProxy<Shell>,
 ) {
     use instance::{Action, Reply};
-    let proxy = Arc::new(std::sync::Mutex::new(proxy));
     tokio::spawn(instance::serve(listener, move |action| {
         let bridge = bridge.clone();
         let proxy = proxy.clone();
@@ -330,10 +326,7 @@ fn answer_second_launches(
                     },
                 },
                 shown => {
-                    let sent = proxy
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .send_event(Shell::Show(shown));
+                    let sent = proxy.send_event(Shell::Show(shown));
                     Reply {
                         ok: sent.is_ok(),
                         message: "capbridge: the status window is shown".into(),

@@ -27,12 +27,11 @@ pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src
                        frame-ancestors 'none'; frame-src 'none'; worker-src 'none'";
 
 /// The runtime's canvas service shows overlays through the shell's event loop.
-pub struct ShellScreen(pub Mutex<EventLoopProxy<Shell>>);
+pub struct ShellScreen(pub EventLoopProxy<Shell>);
 
 impl Screen for ShellScreen {
     fn overlay(&self, change: Change) {
-        let proxy = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = proxy.send_event(Shell::Overlay(change));
+        let _ = self.0.send_event(Shell::Overlay(change));
     }
 }
 

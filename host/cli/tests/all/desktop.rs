@@ -330,6 +330,11 @@ impl Desktop {
         ]);
     }
 
+    /// Waits until no window titled `title` is shown.
+    fn wait_until_gone(&self, what: &str, title: &str) {
+        self.wait_for(what, || self.geometry(title).is_none());
+    }
+
     fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         while !done() {
@@ -429,7 +434,7 @@ async fn a_command_waits_for_the_prompt_window_and_runs_when_allowed_once() {
     let token = server.handshake().await;
     let (id, request) = execute(&server, &token, "echo", &["allowed", "by", "a", "click"]).await;
     tokio::task::block_in_place(|| {
-        let prompt = desktop.window(&format!("allow? ({request})"));
+        let prompt = desktop.window(&prompt_title(&request));
         // The exact command, as a person reads it.
         desktop.find(prompt, "echo allowed by a click");
         desktop.screenshot("prompt-window");
@@ -443,9 +448,7 @@ async fn a_command_waits_for_the_prompt_window_and_runs_when_allowed_once() {
     assert_eq!(last["approval"], "once", "{last}");
     assert_eq!(last["stdout"], "allowed by a click\n", "{last}");
     tokio::task::block_in_place(|| {
-        desktop.wait_for("the prompt window to close", || {
-            desktop.geometry(&format!("allow? ({request})")).is_none()
-        });
+        desktop.wait_until_gone("the prompt window to close", &prompt_title(&request));
         desktop.screenshot("after-allow");
     });
 }
@@ -539,6 +542,11 @@ async fn a_remote_link_opens_in_the_browser_and_the_window_stays() {
         asked.trim(),
         format!("http://127.0.0.1:{}/api/v1/openapi.json", server.port)
     );
+}
+
+/// The title of the prompt window of prompt `request` (`req-3`).
+fn prompt_title(request: &str) -> String {
+    format!("allow? ({request})")
 }
 
 /// Asks for a command through the contract; it waits for a person. Its run id and prompt id.
@@ -695,10 +703,11 @@ async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
     // A prompt hides it; answering the prompt brings it back.
     let (_, request) = execute(&server, &token, "true", &[]).await;
     tokio::task::block_in_place(|| {
-        desktop.window(&format!("allow? ({request})"));
-        desktop.wait_for("the overlay to hide while the prompt is open", || {
-            desktop.geometry("capbridge canvas").is_none()
-        });
+        desktop.window(&prompt_title(&request));
+        desktop.wait_until_gone(
+            "the overlay to hide while the prompt is open",
+            "capbridge canvas",
+        );
         desktop.screenshot("prompt-hides-canvas");
     });
     let (code, _) = server
@@ -711,7 +720,7 @@ async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
     // The web app may not answer (web-approvals is off): a person rejects it in its window.
     assert_eq!(code, 403);
     tokio::task::block_in_place(|| {
-        let prompt = desktop.window(&format!("allow? ({request})"));
+        let prompt = desktop.window(&prompt_title(&request));
         desktop.click(desktop.find(prompt, "Reject").center());
         desktop.window("capbridge canvas");
     });
@@ -725,9 +734,7 @@ async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
         .await;
     assert_eq!(code, 200, "{body}");
     tokio::task::block_in_place(|| {
-        desktop.wait_for("the overlay to hide", || {
-            desktop.geometry("capbridge canvas").is_none()
-        });
+        desktop.wait_until_gone("the overlay to hide", "capbridge canvas");
         desktop.screenshot("canvas-hidden");
     });
 }
@@ -805,9 +812,7 @@ async fn url_scheme_reaches_the_running_shell_and_ensure_server_never_moves() {
         let id = desktop.x(&["xdotool", "search", "--onlyvisible", "--name", "^capbridge"]);
         let id = id.lines().next().expect("the status window").to_string();
         desktop.x(&["xdotool", "windowminimize", "--sync", &id]);
-        desktop.wait_for("the window to be minimized", || {
-            desktop.geometry("capbridge").is_none()
-        });
+        desktop.wait_until_gone("the window to be minimized", "capbridge");
         let opened = Command::new("xdg-open")
             .arg("osloop://focus")
             .env_clear()
@@ -847,7 +852,7 @@ async fn an_unanswered_prompt_window_counts_down_and_rejects() {
     let token = server.handshake().await;
     let (id, request) = execute(&server, &token, "echo", &["nobody", "answers"]).await;
     tokio::task::block_in_place(|| {
-        let prompt = desktop.window(&format!("allow? ({request})"));
+        let prompt = desktop.window(&prompt_title(&request));
         desktop.find(prompt, "unless you answer");
         desktop.screenshot("counting-down");
     });
@@ -862,9 +867,7 @@ async fn an_unanswered_prompt_window_counts_down_and_rejects() {
         "{run}"
     );
     tokio::task::block_in_place(|| {
-        desktop.wait_for("the prompt window to close", || {
-            desktop.geometry(&format!("allow? ({request})")).is_none()
-        });
+        desktop.wait_until_gone("the prompt window to close", &prompt_title(&request));
         desktop.screenshot("rejected-by-timeout");
     });
 }
