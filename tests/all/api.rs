@@ -159,6 +159,81 @@ async fn authenticated_routes_need_a_valid_token_in_the_header() {
     assert_eq!(runtime["configuredPort"], 47832);
     assert_eq!(runtime["bindState"], "bound");
     assert_eq!(runtime["trayMode"], false);
+    // Headless: no tray, and the capability says why.
+    assert_eq!(runtime["tray"], Value::Null);
+    let capabilities = get_json(&bridge, "/api/v1/capabilities", &token).await;
+    assert_eq!(
+        capabilities["unavailable"],
+        json!([{"name": "tray_mode", "reason": "the headless bridge has no tray"}])
+    );
+}
+
+#[tokio::test]
+async fn the_shells_tray_is_reported_and_each_change_published() {
+    use capbridge_api::tray::{TrayIcon, TrayState, WindowState};
+    let fixture = echo_fixture();
+    // What the desktop shell hands the server: the tray's state, which it changes later.
+    let tray = tokio::sync::watch::Sender::new(TrayState {
+        icon: TrayIcon::Unavailable,
+        status_window: WindowState::Shown,
+        reason: Some("no tray library here".into()),
+    });
+    let server = capbridge_api::Server::start(
+        capbridge_api::bind(0).await.unwrap(),
+        std::sync::Arc::new(fixture.runtime()),
+        config(),
+        capbridge_api::ServeOptions {
+            tray: Some(tray.subscribe()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let bridge = Bridge {
+        base: format!("http://{}", server.addr()),
+        server,
+        client: reqwest::Client::new(),
+    };
+    let token = bridge.token().await;
+    let capabilities = get_json(&bridge, "/api/v1/capabilities", &token).await;
+    assert_eq!(
+        capabilities["unavailable"],
+        json!([{"name": "tray_mode", "reason": "no tray library here"}])
+    );
+    let mut socket = bridge.events(&token).await;
+    next_event(&mut socket, "bridge.connected").await;
+
+    tray.send_modify(|tray| {
+        tray.icon = TrayIcon::Shown;
+        tray.reason = None;
+        tray.status_window = WindowState::Hidden;
+    });
+    let updated = next_event(&mut socket, "bridge.runtime.updated").await;
+    assert_eq!(updated["source"], "capbridge");
+    let expected = json!({"icon": "shown", "statusWindow": "hidden", "reason": null});
+    assert_eq!(updated["payload"]["tray"], expected, "{updated}");
+    // The payload is the runtime state, as the route answers it.
+    let runtime = get_json(&bridge, "/api/v1/bridge/runtime", &token).await;
+    assert_eq!(runtime["tray"], expected);
+    assert_eq!(updated["payload"]["boundPort"], runtime["boundPort"]);
+    assert_eq!(
+        updated["payload"]["configuredPort"],
+        runtime["configuredPort"]
+    );
+    let capabilities = get_json(&bridge, "/api/v1/capabilities", &token).await;
+    assert!(
+        capabilities["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tray_mode")),
+        "{capabilities}"
+    );
+    assert_eq!(capabilities["unavailable"], json!([]));
+
+    // A change that changes nothing is not published; the next real one is.
+    tray.send_if_modified(|_| false);
+    tray.send_modify(|tray| tray.status_window = WindowState::Shown);
+    let updated = next_event(&mut socket, "bridge.runtime.updated").await;
+    assert_eq!(updated["payload"]["tray"]["statusWindow"], "shown");
 }
 
 #[tokio::test]

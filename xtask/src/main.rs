@@ -52,7 +52,8 @@ fn xtask() -> anyhow::Result<()> {
             // prompt socket as another user (setpriv) and contain runs in PID namespaces
             // (unshare). The MCP tests start real MCP servers from npm (node, npm).
             // The desktop shell's tests run an X server (Xvfb) with a window manager (openbox),
-            // take screenshots (ImageMagick), read them (tesseract) and click (xdotool).
+            // a system tray (trayer) and a notification service (notification-daemon), take
+            // screenshots (ImageMagick), read them (tesseract) and click (xdotool).
             ensure_packages(BUILD_PACKAGES)?;
             ensure_packages(&[
                 ("Xvfb", "xvfb"),
@@ -66,6 +67,11 @@ fn xtask() -> anyhow::Result<()> {
                     "fonts-dejavu-core",
                 ),
                 ("xdg-open", "xdg-utils"),
+                ("trayer", "trayer"),
+                (
+                    "file:/usr/lib/notification-daemon/notification-daemon",
+                    "notification-daemon",
+                ),
                 ("chromium", "chromium"),
                 ("curl", "curl"),
                 ("jq", "jq"),
@@ -191,15 +197,21 @@ fn ensure_toolchain() -> anyhow::Result<()> {
     }
 }
 
-/// What building capbridge needs: WebKitGTK for the desktop shell (`lib:` names a pkg-config
-/// module).
+/// What building and running capbridge needs: WebKitGTK for the desktop shell (`lib:` names a
+/// pkg-config module), and the library its tray icon is made with (`deb:` names a package,
+/// loaded at run time).
 const BUILD_PACKAGES: &[(&str, &str)] = &[
     ("lib:webkit2gtk-4.1", "libwebkit2gtk-4.1-dev"),
     ("pkg-config", "pkg-config"),
+    (
+        "deb:libayatana-appindicator3-1",
+        "libayatana-appindicator3-1",
+    ),
 ];
 
 /// Installs missing Debian packages (`(command, package)`, `("lib:module", package)` for a
-/// library pkg-config knows, `("file:/path", package)` for a file) with apt-get when running as root; otherwise fails with the exact
+/// library pkg-config knows, `("file:/path", package)` for a file, `("deb:package", package)`
+/// for a package itself) with apt-get when running as root; otherwise fails with the exact
 /// command to run.
 fn ensure_packages(needed: &[(&str, &str)]) -> anyhow::Result<()> {
     let present = |check: &str| {
@@ -210,6 +222,11 @@ fn ensure_packages(needed: &[(&str, &str)]) -> anyhow::Result<()> {
                 .is_ok_and(|s| s.success())
         } else if let Some(file) = check.strip_prefix("file:") {
             Path::new(file).exists()
+        } else if let Some(package) = check.strip_prefix("deb:") {
+            Command::new("dpkg-query")
+                .args(["--show", "--showformat=${db:Status-Status}", package])
+                .output()
+                .is_ok_and(|out| out.stdout == b"installed")
         } else {
             on_path(check)
         }

@@ -16,6 +16,7 @@ pub mod security;
 pub mod session;
 #[cfg(test)]
 mod testing;
+pub mod tray;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -66,6 +67,8 @@ pub struct Shared {
     shutdown: watch::Sender<bool>,
     /// The event sockets' tasks, so shutdown can wait for their goodbyes.
     sockets: TaskTracker,
+    /// The desktop shell's tray (`None` headless).
+    pub tray: Option<watch::Receiver<tray::TrayState>>,
 }
 
 impl Shared {
@@ -76,6 +79,7 @@ impl Shared {
         config: BridgeConfig,
         port: u16,
         config_path: Option<PathBuf>,
+        tray: Option<watch::Receiver<tray::TrayState>>,
     ) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
         Ok(Arc::new(Shared {
@@ -94,6 +98,7 @@ impl Shared {
             started: SystemTime::now(),
             shutdown: watch::channel(false).0,
             sockets: TaskTracker::new(),
+            tray,
         }))
     }
 
@@ -147,6 +152,9 @@ pub struct ServeOptions {
     /// Extra routes behind the same checks and session requirement as the contract's
     /// authenticated routes (the benchmark adds its native baseline here).
     pub extra_routes: Option<Router<Arc<Shared>>>,
+    /// The desktop shell's tray: reported in `/api/v1/bridge/runtime` and `/api/v1/capabilities`,
+    /// each change published as `bridge.runtime.updated`.
+    pub tray: Option<watch::Receiver<tray::TrayState>>,
 }
 
 /// A running server.
@@ -165,9 +173,16 @@ impl Server {
         options: ServeOptions,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let shared = Shared::new(runtime, config, addr.port(), options.config_path)?;
+        let shared = Shared::new(
+            runtime,
+            config,
+            addr.port(),
+            options.config_path,
+            options.tray,
+        )?;
         let app = router_with(shared.clone(), options.extra_routes);
         tokio::spawn(end_sessions(shared.clone()));
+        tokio::spawn(publish_tray_changes(shared.clone()));
         let bounds = listener::Bounds::new(&shared.config);
         let stop = shared.shutdown.subscribe();
         let task = tokio::spawn(listener::serve(listener, app, bounds, stop));
@@ -254,6 +269,30 @@ async fn end_sessions(shared: Arc<Shared>) {
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             _ = shared.sessions.changed().notified() => {}
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        }
+    }
+}
+
+/// `bridge.runtime.updated` (the runtime state, as `/api/v1/bridge/runtime` shows it) each time
+/// the shell's tray changes, until shutdown.
+async fn publish_tray_changes(shared: Arc<Shared>) {
+    let Some(mut tray) = shared.tray.clone() else {
+        return;
+    };
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            changed = tray.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let state = routes::bridge::runtime_state(&shared);
+                match serde_json::to_value(state) {
+                    Ok(payload) => shared.publish("bridge.runtime.updated", payload),
+                    Err(e) => tracing::error!("bridge.runtime.updated: {e}"),
+                }
+            }
             _ = stop.wait_for(|stopping| *stopping) => break,
         }
     }

@@ -32,7 +32,7 @@ fn shared() -> (Arc<Shared>, tempfile::TempDir) {
         origins: vec!["https://app.example".into()],
         ..Default::default()
     };
-    let shared = Shared::new(Arc::new(runtime), config, PORT, None).expect("shared");
+    let shared = Shared::new(Arc::new(runtime), config, PORT, None, None).expect("shared");
     (shared, dir)
 }
 

@@ -56,6 +56,7 @@ pub fn run(
         }
     }
     let tokio = tokio::runtime::Runtime::new()?;
+    let state_dir = config.state_dir.clone();
     let prepared = crate::prepare(config, config_path, args, &tokio)?;
     let watcher = {
         let _guard = tokio.enter();
@@ -81,6 +82,7 @@ pub fn run(
         tokio,
         instance,
         first,
+        state_dir,
     })?;
     Ok(ExitCode::SUCCESS)
 }

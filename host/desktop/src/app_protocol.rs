@@ -187,6 +187,7 @@ impl App {
             .unwrap_or_default();
         json!({
             "bind": self.bridge.status(),
+            "tray": self.bridge.tray(),
             "connections": self.bridge.connections(CONNECTIONS_SHOWN),
             "components": components,
             "awakeHolds": holds,
@@ -284,6 +285,12 @@ mod tests {
             config.clone(),
             47832,
             Err("port 47832 is in use".into()),
+            tokio::sync::watch::Sender::new(capbridge_api::tray::TrayState {
+                icon: capbridge_api::tray::TrayIcon::Off,
+                status_window: capbridge_api::tray::WindowState::Shown,
+                reason: None,
+            })
+            .subscribe(),
         );
         let app = App {
             runtime,
@@ -298,6 +305,7 @@ mod tests {
         let status_view: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(status_view["bind"]["state"], "not-bound");
         assert_eq!(status_view["bind"]["error"], "port 47832 is in use");
+        assert_eq!(status_view["tray"]["icon"], "off");
         for (uri, expected) in [
             (
                 "capbridge-ui://app/../../etc/passwd",
@@ -308,6 +316,7 @@ mod tests {
                 StatusCode::BAD_REQUEST,
             ),
             ("capbridge-ui://app/nothing.html", StatusCode::NOT_FOUND),
+            ("capbridge-ui://app/icon.png", StatusCode::NOT_FOUND),
             ("capbridge-ui://app/api/nothing", StatusCode::NOT_FOUND),
             ("capbridge-ui://other/index.html", StatusCode::NOT_FOUND),
             ("http://app/index.html", StatusCode::NOT_FOUND),

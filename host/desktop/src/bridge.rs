@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use capbridge_api::connlog::Connection;
+use capbridge_api::tray::TrayState;
 use capbridge_api::{BridgeConfig, ServeOptions, Server};
 use capbridge_runtime::Runtime;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub struct Bridge {
     runtime: Arc<Runtime>,
@@ -17,6 +19,8 @@ pub struct Bridge {
     config_path: PathBuf,
     /// The port this run binds: the persisted one, or `--port` for this run.
     port: u16,
+    /// The shell's tray, reported by every server this bridge starts.
+    tray: watch::Receiver<TrayState>,
     state: Mutex<State>,
 }
 
@@ -51,12 +55,14 @@ impl Bridge {
         config_path: PathBuf,
         port: u16,
         listener: Result<TcpListener, String>,
+        tray: watch::Receiver<TrayState>,
     ) -> Arc<Self> {
         let bridge = Arc::new(Bridge {
             runtime,
             config,
             config_path,
             port,
+            tray,
             state: Mutex::new(State::Stopped),
         });
         let state = match listener {
@@ -100,6 +106,7 @@ impl Bridge {
     fn serve(&self, listener: TcpListener) -> State {
         let options = ServeOptions {
             config_path: Some(self.config_path.clone()),
+            tray: Some(self.tray.clone()),
             ..ServeOptions::default()
         };
         match Server::start(listener, self.runtime.clone(), self.config.clone(), options) {
@@ -137,6 +144,11 @@ impl Bridge {
             error,
             hint,
         }
+    }
+
+    /// The shell's tray now.
+    pub fn tray(&self) -> TrayState {
+        self.tray.borrow().clone()
     }
 
     /// The most recent requests, newest first (empty while not bound).

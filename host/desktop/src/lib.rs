@@ -1,5 +1,6 @@
 //! capbridge's desktop shell: the status and settings window, a prompt window for each
-//! permission prompt, and the canvas overlay. The host owns every window (tao + wry); the
+//! permission prompt, the canvas overlay, and in tray mode the tray icon and prompt
+//! notifications. The host owns every window (tao + wry); the
 //! shell's pages are `ui/`, served over the app-owned `capbridge-ui://app` origin
 //! ([`app_protocol`]), never from the localhost port.
 //!
@@ -10,21 +11,25 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use capbridge_api::tray::{TrayIcon, TrayState, WindowState};
 use capbridge_api::BridgeConfig;
 use capbridge_runtime::approvals::Decision;
 use capbridge_runtime::caps::canvas::CanvasService;
 use capbridge_runtime::Runtime;
 use tao::event::{Event, WindowEvent};
 use tao::event_loop::{ControlFlow, EventLoopBuilder, EventLoopProxy, EventLoopWindowTarget};
-use tao::window::{Window, WindowBuilder, WindowId};
+use tao::window::{Icon, Window, WindowBuilder, WindowId};
+use tokio::sync::watch;
 use wry::{RequestAsyncResponder, WebView, WebViewBuilder};
 
 pub mod app_protocol;
 mod bridge;
 pub mod instance;
 pub mod navigation;
+mod notify;
 mod overlay;
 mod settings;
+mod tray;
 
 use app_protocol::App;
 pub use bridge::{BindStatus, Bridge};
@@ -45,6 +50,8 @@ pub struct Options {
     pub instance: instance::First,
     /// What the launch asked for (`osloop://settings` opens the settings view).
     pub first: instance::Action,
+    /// The user's private state directory (the tray icon's image is written there).
+    pub state_dir: PathBuf,
 }
 
 /// What other threads ask of the windows.
@@ -57,6 +64,8 @@ enum Shell {
     Show(instance::Action),
     /// The canvas service asks for an overlay change.
     Overlay(capbridge_runtime::caps::canvas::Overlay),
+    /// A choice in the tray icon's menu.
+    Tray(tray::Command),
     Quit,
 }
 
@@ -79,21 +88,46 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         tokio,
         instance,
         first,
+        state_dir,
     } = options;
-    // Closing the window hides it.
+    // Closing the window hides it; the icon's menu shows it again or quits.
     let tray_mode = config.tray_mode;
     let handle = tokio.handle().clone();
     let _guard = handle.enter();
-    let bridge = Bridge::start(runtime.clone(), config, config_path.clone(), port, listener);
+    let event_loop = EventLoopBuilder::<Shell>::with_user_event().build();
+    let proxy = event_loop.create_proxy();
+    let (_tray, icon, reason) = if tray_mode {
+        match tray::Tray::show(proxy.clone(), &state_dir.join("tray")) {
+            Ok(tray) => (Some(tray), TrayIcon::Shown, None),
+            Err(reason) => {
+                tracing::warn!("{reason}");
+                (None, TrayIcon::Unavailable, Some(reason))
+            }
+        }
+    } else {
+        let off = capbridge_api::tray::TRAY_MODE_OFF.to_string();
+        (None, TrayIcon::Off, Some(off))
+    };
+    let tray_state = watch::Sender::new(TrayState {
+        icon,
+        status_window: WindowState::Shown,
+        reason,
+    });
+    let bridge = Bridge::start(
+        runtime.clone(),
+        config,
+        config_path.clone(),
+        port,
+        listener,
+        tray_state.subscribe(),
+    );
     let app = Arc::new(App {
         runtime: runtime.clone(),
         bridge: bridge.clone(),
         settings: Settings::new(config_path),
     });
 
-    let event_loop = EventLoopBuilder::<Shell>::with_user_event().build();
-    let proxy = event_loop.create_proxy();
-    watch_prompts(&runtime, proxy.clone());
+    watch_prompts(&runtime, &bridge, proxy.clone(), tray_mode);
     if let Some(canvas) = runtime.service::<CanvasService>() {
         canvas.attach(Arc::new(overlay::ShellScreen(proxy.clone())));
     }
@@ -146,21 +180,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 }
                 show_overlay(&windows, &runtime);
             }
-            Event::UserEvent(Shell::Quit) => *control_flow = ControlFlow::Exit,
-            Event::UserEvent(Shell::Show(action)) => {
-                let (window, webview) = &windows.status;
-                window.set_visible(true);
-                window.set_minimized(false);
-                let view = match action {
-                    instance::Action::Settings => Some("#settings"),
-                    instance::Action::Open => Some("#status"),
-                    _ => None,
-                };
-                if let Some(view) = view {
-                    let _ = webview.evaluate_script(&format!("location.hash = {view:?}"));
-                }
-                window.set_focus();
+            Event::UserEvent(Shell::Quit | Shell::Tray(tray::Command::Quit)) => {
+                *control_flow = ControlFlow::Exit
             }
+            Event::UserEvent(Shell::Tray(tray::Command::ShowStatus)) => {
+                show_status(&windows, &tray_state, instance::Action::Open);
+            }
+            Event::UserEvent(Shell::Show(action)) => show_status(&windows, &tray_state, action),
             Event::WindowEvent {
                 window_id,
                 event: WindowEvent::CloseRequested,
@@ -168,8 +194,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             } => {
                 if window_id == windows.status.0.id() {
                     if tray_mode {
-                        // Still serving; `osloop://focus` (or starting capbridge again) shows it.
+                        // Still serving; the tray's "Show Status", `osloop://focus` or
+                        // starting capbridge again shows it.
                         windows.status.0.set_visible(false);
+                        set_status_window(&tray_state, WindowState::Hidden);
                     } else {
                         *control_flow = ControlFlow::Exit;
                     }
@@ -192,6 +220,51 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             _ => {}
         }
     });
+}
+
+/// Shows the status window (in front, with the view `action` asks for).
+fn show_status(windows: &Windows, tray: &watch::Sender<TrayState>, action: instance::Action) {
+    let (window, webview) = &windows.status;
+    window.set_visible(true);
+    window.set_minimized(false);
+    let view = match action {
+        instance::Action::Settings => Some("#settings"),
+        instance::Action::Open => Some("#status"),
+        _ => None,
+    };
+    if let Some(view) = view {
+        let _ = webview.evaluate_script(&format!("location.hash = {view:?}"));
+    }
+    window.set_focus();
+    set_status_window(tray, WindowState::Shown);
+}
+
+/// Reported in `/api/v1/bridge/runtime`, and as `bridge.runtime.updated` when it changes.
+fn set_status_window(tray: &watch::Sender<TrayState>, state: WindowState) {
+    tray.send_if_modified(|tray| {
+        let changed = tray.status_window != state;
+        tray.status_window = state;
+        changed
+    });
+}
+
+/// capbridge's icon (`ui/icon.png`) as RGBA pixels, width and height.
+fn icon_rgba() -> (Vec<u8>, u32, u32) {
+    static ICON: std::sync::LazyLock<(Vec<u8>, u32, u32)> = std::sync::LazyLock::new(|| {
+        let decoder =
+            png::Decoder::new(std::io::Cursor::new(include_bytes!("../../../ui/icon.png")));
+        let mut reader = decoder.read_info().expect("ui/icon.png is a PNG");
+        let mut pixels = vec![0; reader.output_buffer_size().expect("a small image")];
+        let frame = reader.next_frame(&mut pixels).expect("ui/icon.png decodes");
+        assert_eq!(
+            frame.color_type,
+            png::ColorType::Rgba,
+            "ui/icon.png is RGBA"
+        );
+        pixels.truncate(frame.buffer_size());
+        (pixels, frame.width, frame.height)
+    });
+    ICON.clone()
 }
 
 /// The overlay is never on screen together with a prompt: nothing a component shows can cover
@@ -257,7 +330,10 @@ fn open_page(
     app: &Arc<App>,
     proxy: &EventLoopProxy<Shell>,
 ) -> anyhow::Result<(Window, WebView)> {
-    let window = builder.build(target)?;
+    let (rgba, width, height) = icon_rgba();
+    let window = builder
+        .with_window_icon(Icon::from_rgba(rgba, width, height).ok())
+        .build(target)?;
     let app = app.clone();
     let responder_proxy = proxy.clone();
     let webview = WebViewBuilder::new()
@@ -337,10 +413,27 @@ fn answer_second_launches(
     }));
 }
 
-fn watch_prompts(runtime: &Runtime, proxy: EventLoopProxy<Shell>) {
-    let mut changed = runtime.approvals().changed();
+/// Prompt windows open and close as prompts come and go; in tray mode each prompt raises a
+/// notification too.
+fn watch_prompts(
+    runtime: &Runtime,
+    bridge: &Arc<Bridge>,
+    proxy: EventLoopProxy<Shell>,
+    notify: bool,
+) {
+    let approvals = runtime.approvals().clone();
+    let bridge = bridge.clone();
+    let mut changed = approvals.changed();
+    let mut notifications = notify.then(notify::Notifications::default);
     tokio::spawn(async move {
-        while changed.changed().await.is_ok() {
+        loop {
+            if let Some(notifications) = &mut notifications {
+                let origin = |session| bridge.origin(session);
+                notifications.update(&approvals.pending(), origin).await;
+            }
+            if changed.changed().await.is_err() {
+                break;
+            }
             if proxy.send_event(Shell::PromptsChanged).is_err() {
                 break;
             }

@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-use super::{RouteModule, Routes, Tier, MODULES, UNAVAILABLE};
+use super::{RouteModule, Routes, Tier, MODULES};
 use crate::config::Mode;
 use crate::connlog::Connection;
 use crate::error::ErrorBody;
+use crate::tray::TrayState;
 use crate::{Shared, APP_VERSION, PROTOCOL_VERSION};
 
 pub const MODULE: RouteModule = RouteModule {
@@ -114,23 +115,30 @@ pub struct Capabilities {
 #[derive(Serialize, ToSchema)]
 pub struct Unavailable {
     pub name: &'static str,
-    pub reason: &'static str,
+    pub reason: String,
 }
 
 /// Capabilities of seed 000 and whether this bridge has them.
-// What the registered route modules provide, then what this bridge does not provide yet.
+// What the registered route modules provide, then the tray when the desktop shell has one.
 #[utoipa::path(get, path = "/api/v1/capabilities", tag = "bridge", security(("token" = [])),
     responses((status = 200, body = Capabilities), (status = 401, body = ErrorBody)))]
-pub async fn capabilities() -> Json<Capabilities> {
+pub async fn capabilities(State(shared): State<Arc<Shared>>) -> Json<Capabilities> {
+    let mut capabilities: Vec<&'static str> = MODULES
+        .iter()
+        .flat_map(|module| module.capabilities.iter().copied())
+        .collect();
+    let mut unavailable = Vec::new();
+    let tray = shared.tray.as_ref().map(|tray| tray.borrow().clone());
+    match TrayState::unavailable(tray.as_ref()) {
+        None => capabilities.push("tray_mode"),
+        Some(reason) => unavailable.push(Unavailable {
+            name: "tray_mode",
+            reason,
+        }),
+    }
     Json(Capabilities {
-        capabilities: MODULES
-            .iter()
-            .flat_map(|module| module.capabilities.iter().copied())
-            .collect(),
-        unavailable: UNAVAILABLE
-            .iter()
-            .map(|&(name, reason)| Unavailable { name, reason })
-            .collect(),
+        capabilities,
+        unavailable,
     })
 }
 
@@ -152,15 +160,23 @@ pub struct RuntimeState {
     pub session_ttl_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub max_body_bytes: usize,
+    /// The config's `tray-mode`.
     pub tray_mode: bool,
+    /// The desktop shell's tray now (`null` headless).
+    pub tray: Option<TrayState>,
     pub live_sessions: usize,
 }
 
 #[utoipa::path(get, path = "/api/v1/bridge/runtime", tag = "bridge", security(("token" = [])),
     responses((status = 200, body = RuntimeState), (status = 401, body = ErrorBody)))]
 pub async fn runtime(State(shared): State<Arc<Shared>>) -> Json<RuntimeState> {
+    Json(runtime_state(&shared))
+}
+
+/// The runtime state: the route's answer, and the `bridge.runtime.updated` event's payload.
+pub fn runtime_state(shared: &Shared) -> RuntimeState {
     let config = &shared.config;
-    Json(RuntimeState {
+    RuntimeState {
         configured_port: config.port,
         bound_port: shared.port,
         bind_state: "bound",
@@ -174,8 +190,9 @@ pub async fn runtime(State(shared): State<Arc<Shared>>) -> Json<RuntimeState> {
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         max_body_bytes: config.max_body_bytes,
         tray_mode: config.tray_mode,
+        tray: shared.tray.as_ref().map(|tray| tray.borrow().clone()),
         live_sessions: shared.sessions.live(),
-    })
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

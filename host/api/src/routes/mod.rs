@@ -81,9 +81,6 @@ pub fn routes() -> &'static [String] {
     &ROUTES
 }
 
-/// Capabilities of seed 000 that this bridge does not provide, with why.
-pub const UNAVAILABLE: &[(&str, &str)] = &[("tray_mode", "the headless bridge has no tray")];
-
 /// 404 for every path that is not a route, with the canonical path when one was meant
 /// (`/api/v1/api/v1/health`, `/api/v2/health`, `/api/v1/health/`, `//api/v1/health`, `/health`).
 pub async fn unknown_route(method: Method, uri: Uri) -> ApiError {

@@ -212,6 +212,22 @@ impl Server {
         tokio::task::block_in_place(|| self.child.wait()).expect("capbridge exits")
     }
 
+    /// Waits for capbridge to end by itself (within [`PATIENCE`]).
+    pub(crate) fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("capbridge's status") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "capbridge did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Whether the process is still running.
     pub(crate) fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -540,14 +556,14 @@ impl Portal {
 }
 
 /// The event socket of one session.
-struct Events {
+pub(crate) struct Events {
     socket: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
 }
 
 impl Events {
-    async fn connect(server: &Server, token: &str) -> Events {
+    pub(crate) async fn connect(server: &Server, token: &str) -> Events {
         let url = format!(
             "ws://127.0.0.1:{}/ws/v1/events?sessionToken={token}",
             server.port
@@ -561,7 +577,7 @@ impl Events {
     }
 
     /// The next event of type `kind`, skipping others (heartbeats, sessions created).
-    async fn next_of(&mut self, kind: &str) -> Value {
+    pub(crate) async fn next_of(&mut self, kind: &str) -> Value {
         let wait = async {
             loop {
                 let message = self

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use capbridge_tests::root;
 use serde_json::json;
 
-use crate::capabilities::{Bus, Install, Server, PATIENCE};
+use crate::capabilities::{Bus, Events, Install, Server, PATIENCE};
 
 /// One desktop test at a time.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -212,23 +212,37 @@ impl Desktop {
         found.unwrap()
     }
 
+    /// Where capbridge's window whose title contains `title` is, while it is shown.
     fn geometry(&self, title: &str) -> Option<Geometry> {
-        // --name takes a regular expression: the title's special characters match themselves.
-        let pattern: String = title
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || c == ' ' {
-                    c.to_string()
-                } else {
-                    format!("\\{c}")
-                }
-            })
-            .collect();
-        let ids = self.x(&["xdotool", "search", "--onlyvisible", "--name", &pattern]);
-        let id = ids.lines().next()?.trim().to_string();
+        self.placed(&self.window_id(title)?)
+    }
+
+    /// capbridge's shown window whose title contains `title` (not its tray icon, whose class
+    /// is the tray library's).
+    fn window_id(&self, title: &str) -> Option<String> {
+        let ids = self.x(&[
+            "xdotool",
+            "search",
+            "--onlyvisible",
+            "--classname",
+            "^capbridge$",
+        ]);
+        ids.lines()
+            .map(|id| id.trim().to_string())
+            .find(|id| self.x(&["xdotool", "getwindowname", id]).contains(title))
+    }
+
+    /// Where the first shown window `xdotool search SEARCH` finds is.
+    fn found(&self, search: &[&str]) -> Option<Geometry> {
+        let ids = self.x(&[&["xdotool", "search", "--onlyvisible"], search].concat());
+        self.placed(ids.lines().next()?.trim())
+    }
+
+    /// Where window `id` is on the screen.
+    fn placed(&self, id: &str) -> Option<Geometry> {
         // xwininfo: xdotool's getwindowgeometry counts the frame's offset twice under a
         // reparenting window manager.
-        let info = self.x(&["xwininfo", "-id", &id]);
+        let info = self.x(&["xwininfo", "-id", id]);
         let value = |key: &str| -> Option<i32> {
             info.lines()
                 .find_map(|l| l.trim().strip_prefix(key))?
@@ -244,8 +258,9 @@ impl Desktop {
         })
     }
 
-    /// The words in `area` of the screen now (OCR of a fresh screenshot, at twice the size).
-    fn read(&self, area: Geometry) -> Vec<Word> {
+    /// The words in `area` of the screen now (OCR of a fresh screenshot, enlarged `scale`
+    /// times).
+    fn read(&self, area: Geometry, scale: i32) -> Vec<Word> {
         let dir = tempfile::tempdir().expect("temp dir");
         let shot = dir.path().join("screen.png");
         let big = dir.path().join("area.png");
@@ -260,7 +275,7 @@ impl Desktop {
                 "-colorspace",
                 "gray",
                 "-resize",
-                "200%",
+                &format!("{}%", scale * 100),
             ])
             .arg(&big)
             .status()
@@ -288,10 +303,10 @@ impl Desktop {
                 Some(Word {
                     line: (k(2)?, k(3)?, k(4)?),
                     text: text.to_string(),
-                    x: area.x + n(6)? / 2,
-                    y: area.y + n(7)? / 2,
-                    width: n(8)? / 2,
-                    height: n(9)? / 2,
+                    x: area.x + n(6)? / scale,
+                    y: area.y + n(7)? / scale,
+                    width: n(8)? / scale,
+                    height: n(9)? / scale,
                 })
             })
             .collect()
@@ -300,8 +315,12 @@ impl Desktop {
     /// Waits until `phrase` appears in `area`, within one line of text; the word it starts in.
     fn find(&self, area: Geometry, phrase: &str) -> Word {
         let start = Instant::now();
+        let mut tries = 0;
         let seen = loop {
-            let words = self.read(area);
+            // Twice, then three times the size, in turn: a word tesseract misreads at one size
+            // it reads at the other.
+            let words = self.read(area, 2 + tries % 2);
+            tries += 1;
             if let Some(word) = find_phrase(&words, phrase) {
                 return word;
             }
@@ -317,6 +336,88 @@ impl Desktop {
             shot.display(),
             text.join(" ")
         );
+    }
+
+    /// Waits until `xdotool search SEARCH` finds a shown window; where it is.
+    fn wait_for_window(&self, what: &str, search: &[&str]) -> Geometry {
+        let mut found = None;
+        self.wait_for(what, || {
+            found = self.found(search);
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Asks the window manager to close capbridge's window titled `title` with Alt+F4, as a
+    /// person closes it.
+    fn close(&self, title: &str) {
+        self.window(title);
+        let id = self.window_id(title).expect("the window");
+        self.x(&["xdotool", "windowactivate", "--sync", &id]);
+        self.x(&["xdotool", "key", "--clearmodifiers", "alt+F4"]);
+    }
+
+    /// A system tray (trayer: an XEmbed tray, as in many panels) at the bottom right of the
+    /// screen; stopped when dropped.
+    fn tray_host(&self) -> Running {
+        let tray = Running(
+            Command::new("trayer")
+                .args([
+                    "--edge",
+                    "bottom",
+                    "--align",
+                    "right",
+                    "--widthtype",
+                    "pixel",
+                ])
+                .args(["--width", "120", "--heighttype", "pixel", "--height", "32"])
+                .args(["--transparent", "false", "--tint", "0xffffff"])
+                .env("DISPLAY", &self.display)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("trayer starts (`cargo xtask test` installs it: apt-get install trayer)"),
+        );
+        self.wait_for_window("the system tray", &["--classname", "^panel$"]);
+        tray
+    }
+
+    /// The freedesktop notification service (Debian's notification-daemon) on this desktop's
+    /// bus; stopped when dropped.
+    fn notification_daemon(&self) -> Running {
+        Running(
+            Command::new("/usr/lib/notification-daemon/notification-daemon")
+                .envs(self.env())
+                // The private bus has no accessibility bus to start.
+                .env("NO_AT_BRIDGE", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "notification-daemon starts (`cargo xtask test` installs it: apt-get \
+                     install notification-daemon)",
+                ),
+        )
+    }
+
+    /// Opens the tray icon's menu; the part of the screen it shows in.
+    fn open_tray_menu(&self) -> Geometry {
+        let icon = self.wait_for_window(
+            "capbridge's tray icon",
+            &["--classname", "^tray-icon tray app capbridge$"],
+        );
+        self.click((icon.x + icon.width / 2, icon.y + icon.height / 2));
+        // The menu opens just above the icon, at the bottom right of the screen (kept tight:
+        // the empty black screen around it makes the OCR misread).
+        let x = icon.x + icon.width - 300;
+        Geometry {
+            x,
+            y: icon.y - 120,
+            width: icon.x + icon.width - x,
+            height: 120,
+        }
     }
 
     fn click(&self, (x, y): (i32, i32)) {
@@ -750,11 +851,12 @@ async fn url_scheme_reaches_the_running_shell_and_ensure_server_never_moves() {
     let env = desktop.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (mut command, log) = Server::command(&install, &env, &[]);
-    let mut first = command
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("capbridge starts");
-    let shell = scopeguard(&mut first);
+    let shell = Running(
+        command
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("capbridge starts"),
+    );
     tokio::task::block_in_place(|| {
         let window = desktop.window("capbridge");
         desktop.find(window, "Not listening");
@@ -832,16 +934,14 @@ async fn url_scheme_reaches_the_running_shell_and_ensure_server_never_moves() {
     let _ = log;
 }
 
-/// Kills the child when dropped.
-fn scopeguard(child: &mut Child) -> impl Drop + '_ {
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// A process the test started, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    Kill(child)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -870,6 +970,123 @@ async fn an_unanswered_prompt_window_counts_down_and_rejects() {
         desktop.wait_until_gone("the prompt window to close", &prompt_title(&request));
         desktop.screenshot("rejected-by-timeout");
     });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_tray_mode_closing_hides_to_the_tray_whose_menu_shows_status_and_quits() {
+    let desktop = Desktop::start("tray").await;
+    let _tray = tokio::task::block_in_place(|| desktop.tray_host());
+    let install = Install::everything_shipped();
+    install.set_config("tray-mode = true\n");
+    let mut server = desktop.shell(&install);
+    tokio::task::block_in_place(|| {
+        let status = desktop.window("capbridge");
+        desktop.find(status, "closing this window keeps capbridge serving");
+    });
+    let token = server.handshake().await;
+    let (_, runtime) = server.get(&token, "/api/v1/bridge/runtime").await;
+    assert_eq!(
+        runtime["tray"],
+        json!({"icon": "shown", "statusWindow": "shown", "reason": null}),
+        "{runtime}"
+    );
+    let (_, capabilities) = server.get(&token, "/api/v1/capabilities").await;
+    assert!(
+        capabilities["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tray_mode")),
+        "{capabilities}"
+    );
+    let mut events = Events::connect(&server, &token).await;
+
+    // Closing the window hides it; capbridge keeps serving, and says so.
+    tokio::task::block_in_place(|| {
+        desktop.close("capbridge");
+        desktop.wait_until_gone("the status window to hide", "capbridge");
+        desktop.screenshot("hidden-to-the-tray");
+    });
+    let updated = events.next_of("bridge.runtime.updated").await;
+    assert_eq!(
+        updated["payload"]["tray"]["statusWindow"], "hidden",
+        "{updated}"
+    );
+    assert_eq!(updated["payload"]["boundPort"], server.port, "{updated}");
+    assert_eq!(server.health().await, 200);
+
+    // The icon's menu: "Show Status" brings the window back.
+    tokio::task::block_in_place(|| {
+        let menu = desktop.open_tray_menu();
+        let show = desktop.find(menu, "Show Status");
+        desktop.find(menu, "Quit");
+        desktop.screenshot("tray-menu");
+        desktop.click(show.center());
+        let status = desktop.window("capbridge");
+        desktop.find(status, &format!("127.0.0.1:{}", server.port));
+    });
+    let updated = events.next_of("bridge.runtime.updated").await;
+    assert_eq!(
+        updated["payload"]["tray"]["statusWindow"], "shown",
+        "{updated}"
+    );
+
+    // "Quit" stops capbridge: the sessions hear it, the process ends.
+    tokio::task::block_in_place(|| {
+        let menu = desktop.open_tray_menu();
+        let quit = desktop.find(menu, "Quit");
+        desktop.click(quit.center());
+    });
+    events.next_of("bridge.stopping").await;
+    let exit = tokio::task::block_in_place(|| server.wait_exit());
+    assert!(exit.success(), "{exit}: {}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_tray_mode_a_prompt_raises_a_notification_withdrawn_once_answered() {
+    let desktop = Desktop::start("notification").await;
+    let _daemon = desktop.notification_daemon();
+    let install = Install::everything_shipped();
+    install.set_config("tray-mode = true\n");
+    let server = desktop.shell(&install);
+    let bus = desktop.bus.connect().await;
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.freedesktop.Notifications")
+        .unwrap()
+        .member("NotificationClosed")
+        .unwrap()
+        .build();
+    let mut closed = zbus::MessageStream::for_match_rule(rule, &bus, None)
+        .await
+        .expect("watch NotificationClosed");
+    let token = server.handshake().await;
+    let (id, request) = execute(&server, &token, "echo", &["notify", "me"]).await;
+    tokio::task::block_in_place(|| {
+        let note = desktop.wait_for_window(
+            "the notification",
+            &["--classname", "^notification-daemon$"],
+        );
+        // The title wraps: one line of it.
+        desktop.find(note, "capbridge: run this");
+        desktop.find(note, "echo notify me");
+        desktop.find(note, "Asked by component commands");
+        // The prompt window opens with it; the answer is given there.
+        let prompt = desktop.window(&prompt_title(&request));
+        desktop.screenshot("notification-and-prompt");
+        std::thread::sleep(Duration::from_millis(1200));
+        let allow = desktop.find(prompt, "Allow once");
+        desktop.click(allow.center());
+    });
+    let run = run_once_decided(&server, &token, &id).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    // Answered: capbridge withdraws the notification (reason 3: closed by CloseNotification).
+    let signal = tokio::time::timeout(PATIENCE, futures_util::StreamExt::next(&mut closed))
+        .await
+        .expect("the notification is withdrawn")
+        .expect("a signal")
+        .expect("a message");
+    let (_, reason): (u32, u32) = signal.body().deserialize().expect("(id, reason)");
+    assert_eq!(reason, 3, "closed by capbridge, not expired or dismissed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
