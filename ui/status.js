@@ -50,7 +50,7 @@ function renderStatus(s) {
   $("tray-line").hidden = s.tray.icon === "off";
   $("tray-line").textContent = s.tray.icon === "shown"
     ? "Tray mode: closing this window keeps capbridge serving; Show Status in the tray icon's menu brings it back."
-    : `Tray mode is on, but there is no tray icon: ${s.tray.reason}`;
+    : `Tray mode is on, but no tray icon shows: ${s.tray.reason}`;
   document.title = b.state === "bound" ? `capbridge: ${b.boundPort}` : "capbridge: not listening";
   if (b.boundPort) {
     $("openapi").href = `http://127.0.0.1:${b.boundPort}/api/v1/openapi.json`;

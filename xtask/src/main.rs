@@ -223,10 +223,15 @@ fn ensure_packages(needed: &[(&str, &str)]) -> anyhow::Result<()> {
         } else if let Some(file) = check.strip_prefix("file:") {
             Path::new(file).exists()
         } else if let Some(package) = check.strip_prefix("deb:") {
+            // One line per architecture the package is installed for.
             Command::new("dpkg-query")
-                .args(["--show", "--showformat=${db:Status-Status}", package])
+                .args(["--show", "--showformat=${db:Status-Status}\n", package])
                 .output()
-                .is_ok_and(|out| out.stdout == b"installed")
+                .is_ok_and(|out| {
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .any(|status| status == "installed")
+                })
         } else {
             on_path(check)
         }

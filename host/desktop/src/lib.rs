@@ -96,18 +96,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let _guard = handle.enter();
     let event_loop = EventLoopBuilder::<Shell>::with_user_event().build();
     let proxy = event_loop.create_proxy();
-    let (_tray, icon, reason) = if tray_mode {
-        match tray::Tray::show(proxy.clone(), &state_dir.join("tray")) {
-            Ok(tray) => (Some(tray), TrayIcon::Shown, None),
-            Err(reason) => {
-                tracing::warn!("{reason}");
-                (None, TrayIcon::Unavailable, Some(reason))
-            }
-        }
-    } else {
-        let off = capbridge_api::tray::TRAY_MODE_OFF.to_string();
-        (None, TrayIcon::Off, Some(off))
-    };
+    let tray = tray_mode.then(|| tray::Tray::show(proxy.clone(), &state_dir.join("tray")));
+    let (icon, reason) = tray_report(&tray, &tokio);
+    if let Some(reason) = reason.as_ref().filter(|_| tray_mode) {
+        tracing::warn!("no tray icon: {reason}");
+    }
     let tray_state = watch::Sender::new(TrayState {
         icon,
         status_window: WindowState::Shown,
@@ -127,7 +120,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         settings: Settings::new(config_path),
     });
 
-    watch_prompts(&runtime, &bridge, proxy.clone(), tray_mode);
+    watch_prompts(&runtime, proxy.clone());
+    let mut notifier =
+        tray_mode.then(|| notify::Notifier::start(runtime.approvals().clone(), bridge.clone()));
     if let Some(canvas) = runtime.service::<CanvasService>() {
         canvas.attach(Arc::new(overlay::ShellScreen(proxy.clone())));
     }
@@ -194,10 +189,29 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             } => {
                 if window_id == windows.status.0.id() {
                     if tray_mode {
-                        // Still serving; the tray's "Show Status", `osloop://focus` or
-                        // starting capbridge again shows it.
-                        windows.status.0.set_visible(false);
-                        set_status_window(&tray_state, WindowState::Hidden);
+                        // Still serving. Into the tray when one shows the icon (its "Show
+                        // Status", `osloop://focus` or starting capbridge again shows it);
+                        // else minimized, so it is never out of reach.
+                        let (icon, reason) = tray_report(&tray, &tokio);
+                        let into_tray = icon == TrayIcon::Shown;
+                        if into_tray {
+                            windows.status.0.set_visible(false);
+                        } else {
+                            windows.status.0.set_minimized(true);
+                        }
+                        let status_window = if into_tray {
+                            WindowState::Hidden
+                        } else {
+                            WindowState::Shown
+                        };
+                        report_tray(
+                            &tray_state,
+                            TrayState {
+                                icon,
+                                status_window,
+                                reason,
+                            },
+                        );
                     } else {
                         *control_flow = ControlFlow::Exit;
                     }
@@ -214,6 +228,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             }
             Event::LoopDestroyed => {
                 windows.prompts.clear();
+                if let Some(notifier) = notifier.take() {
+                    tokio.block_on(notifier.stop());
+                }
                 tokio.block_on(bridge.stop());
                 println!("capbridge: stopped");
             }
@@ -236,14 +253,35 @@ fn show_status(windows: &Windows, tray: &watch::Sender<TrayState>, action: insta
         let _ = webview.evaluate_script(&format!("location.hash = {view:?}"));
     }
     window.set_focus();
-    set_status_window(tray, WindowState::Shown);
+    let now = TrayState {
+        status_window: WindowState::Shown,
+        ..tray.borrow().clone()
+    };
+    report_tray(tray, now);
+}
+
+/// The tray as the contract reports it: `off` without tray mode; `shown` when the icon is
+/// made and a tray on this desktop shows it; else `unavailable`, with why.
+fn tray_report(
+    tray: &Option<Result<tray::Tray, String>>,
+    tokio: &tokio::runtime::Runtime,
+) -> (TrayIcon, Option<String>) {
+    match tray {
+        None => (
+            TrayIcon::Off,
+            Some(capbridge_api::tray::TRAY_MODE_OFF.into()),
+        ),
+        Some(Err(reason)) => (TrayIcon::Unavailable, Some(reason.clone())),
+        Some(Ok(_)) if tokio.block_on(tray::host_present()) => (TrayIcon::Shown, None),
+        Some(Ok(_)) => (TrayIcon::Unavailable, Some(tray::NO_TRAY.into())),
+    }
 }
 
 /// Reported in `/api/v1/bridge/runtime`, and as `bridge.runtime.updated` when it changes.
-fn set_status_window(tray: &watch::Sender<TrayState>, state: WindowState) {
+fn report_tray(tray: &watch::Sender<TrayState>, now: TrayState) {
     tray.send_if_modified(|tray| {
-        let changed = tray.status_window != state;
-        tray.status_window = state;
+        let changed = *tray != now;
+        *tray = now;
         changed
     });
 }
@@ -413,27 +451,11 @@ fn answer_second_launches(
     }));
 }
 
-/// Prompt windows open and close as prompts come and go; in tray mode each prompt raises a
-/// notification too.
-fn watch_prompts(
-    runtime: &Runtime,
-    bridge: &Arc<Bridge>,
-    proxy: EventLoopProxy<Shell>,
-    notify: bool,
-) {
-    let approvals = runtime.approvals().clone();
-    let bridge = bridge.clone();
-    let mut changed = approvals.changed();
-    let mut notifications = notify.then(notify::Notifications::default);
+/// Prompt windows open and close as prompts come and go.
+fn watch_prompts(runtime: &Runtime, proxy: EventLoopProxy<Shell>) {
+    let mut changed = runtime.approvals().changed();
     tokio::spawn(async move {
-        loop {
-            if let Some(notifications) = &mut notifications {
-                let origin = |session| bridge.origin(session);
-                notifications.update(&approvals.pending(), origin).await;
-            }
-            if changed.changed().await.is_err() {
-                break;
-            }
+        while changed.changed().await.is_ok() {
             if proxy.send_event(Shell::PromptsChanged).is_err() {
                 break;
             }

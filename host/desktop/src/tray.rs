@@ -1,8 +1,11 @@
 //! The tray icon of tray mode (seed 000): the menu "Show Status" and "Quit". Made through
 //! libayatana-appindicator (as Tauri's is): a StatusNotifierItem where the desktop hosts them
 //! (KDE, GNOME with the AppIndicator extension, XFCE), else an icon in an XEmbed system tray.
+//! Whether any tray shows it is asked separately ([`host_present`]): the library makes the icon
+//! either way.
 
 use std::path::Path;
+use std::time::Duration;
 
 use tao::event_loop::EventLoopProxy;
 use tray_icon::menu::{Menu, MenuEvent, MenuId, MenuItem};
@@ -29,10 +32,13 @@ pub struct Tray {
 const APPINDICATOR: &[&str] = &["libayatana-appindicator3.so.1", "libappindicator3.so.1"];
 
 /// What to install when none of [`APPINDICATOR`] is there.
-pub const MISSING: &str = "no tray icon: libayatana-appindicator3 is not installed (Debian and \
-                           Ubuntu: `sudo apt-get install libayatana-appindicator3-1`); closing \
-                           the status window still hides it, and starting capbridge again \
-                           shows it";
+pub const MISSING: &str = "libayatana-appindicator3 is not installed (Debian and Ubuntu: `sudo \
+                           apt-get install libayatana-appindicator3-1`); closing the status \
+                           window minimizes it instead";
+
+/// Said when the icon is made but no tray on this desktop shows it.
+pub const NO_TRAY: &str = "no system tray on this desktop (on GNOME, the AppIndicator \
+                           extension adds one); closing the status window minimizes it instead";
 
 impl Tray {
     /// Puts the icon in the tray; its menu's choices come back as [`Shell::Tray`]. Runs on the
@@ -61,9 +67,65 @@ impl Tray {
             .with_menu(Box::new(menu))
             .with_temp_dir_path(icons)
             .build()
-            .map_err(|e| format!("no tray icon: {e}"))?;
+            .map_err(|e| format!("the tray icon could not be made: {e}"))?;
         Ok(Tray { _icon: icon })
     }
+}
+
+/// Whether a tray shows icons now: a StatusNotifierItem host on the session bus, or an XEmbed
+/// system tray on the X display.
+pub async fn host_present() -> bool {
+    xembed_tray() || status_notifier_host().await
+}
+
+fn xembed_tray() -> bool {
+    let Ok(xlib) = x11_dl::xlib::Xlib::open() else {
+        return false;
+    };
+    // SAFETY: a display of our own, opened and closed here; the atom name is a C string.
+    unsafe {
+        let display = (xlib.XOpenDisplay)(std::ptr::null());
+        if display.is_null() {
+            return false;
+        }
+        let screen = (xlib.XDefaultScreen)(display);
+        let name = std::ffi::CString::new(format!("_NET_SYSTEM_TRAY_S{screen}"))
+            .expect("no NUL in the atom name");
+        // Only if it exists: no tray ever ran when nobody made the atom.
+        let atom = (xlib.XInternAtom)(display, name.as_ptr(), x11_dl::xlib::True);
+        let owner = if atom == 0 {
+            0
+        } else {
+            (xlib.XGetSelectionOwner)(display, atom)
+        };
+        (xlib.XCloseDisplay)(display);
+        owner != 0
+    }
+}
+
+async fn status_notifier_host() -> bool {
+    let ask = async {
+        let bus = zbus::Connection::session().await.ok()?;
+        let reply = bus
+            .call_method(
+                Some("org.kde.StatusNotifierWatcher"),
+                "/StatusNotifierWatcher",
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(
+                    "org.kde.StatusNotifierWatcher",
+                    "IsStatusNotifierHostRegistered",
+                ),
+            )
+            .await
+            .ok()?;
+        let value: zbus::zvariant::OwnedValue = reply.body().deserialize().ok()?;
+        bool::try_from(value).ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), ask).await,
+        Ok(Some(true))
+    )
 }
 
 fn command(id: &MenuId) -> Option<Command> {

@@ -358,16 +358,26 @@ impl Bus {
 
     /// Waits until nobody owns `name` on this bus.
     pub(crate) async fn wait_until_unowned(&self, name: &str) {
+        self.wait_until_owned_is(name, false).await;
+    }
+
+    /// Waits until a service owns `name` on this bus.
+    pub(crate) async fn wait_until_owned(&self, name: &str) {
+        self.wait_until_owned_is(name, true).await;
+    }
+
+    async fn wait_until_owned_is(&self, name: &str, owned: bool) {
         let connection = self.connect().await;
         let dbus = zbus::fdo::DBusProxy::new(&connection)
             .await
             .expect("org.freedesktop.DBus");
         let name = zbus::names::BusName::try_from(name).expect("bus name");
-        eventually(&format!("{name} to leave the bus"), || async {
-            !dbus
-                .name_has_owner(name.clone())
+        let what = if owned { "join" } else { "leave" };
+        eventually(&format!("{name} to {what} the bus"), || async {
+            dbus.name_has_owner(name.clone())
                 .await
                 .expect("NameHasOwner")
+                == owned
         })
         .await;
     }

@@ -1045,6 +1045,10 @@ async fn in_tray_mode_closing_hides_to_the_tray_whose_menu_shows_status_and_quit
 async fn in_tray_mode_a_prompt_raises_a_notification_withdrawn_once_answered() {
     let desktop = Desktop::start("notification").await;
     let _daemon = desktop.notification_daemon();
+    desktop
+        .bus
+        .wait_until_owned("org.freedesktop.Notifications")
+        .await;
     let install = Install::everything_shipped();
     install.set_config("tray-mode = true\n");
     let server = desktop.shell(&install);
@@ -1068,7 +1072,9 @@ async fn in_tray_mode_a_prompt_raises_a_notification_withdrawn_once_answered() {
         );
         // The title wraps: one line of it.
         desktop.find(note, "capbridge: run this");
-        desktop.find(note, "echo notify me");
+        // What runs, not all of it (a literal argument may be a value the person would not
+        // want in the notification history): the prompt window shows everything.
+        desktop.find(note, "Program: echo");
         desktop.find(note, "Asked by component commands");
         // The prompt window opens with it; the answer is given there.
         let prompt = desktop.window(&prompt_title(&request));
@@ -1087,6 +1093,29 @@ async fn in_tray_mode_a_prompt_raises_a_notification_withdrawn_once_answered() {
         .expect("a message");
     let (_, reason): (u32, u32) = signal.body().deserialize().expect("(id, reason)");
     assert_eq!(reason, 3, "closed by capbridge, not expired or dismissed");
+
+    // No tray on this desktop: the icon is not reported as shown, and closing the window
+    // minimizes it (it stays in reach) instead of hiding it.
+    let (_, runtime) = server.get(&token, "/api/v1/bridge/runtime").await;
+    assert_eq!(runtime["tray"]["icon"], "unavailable", "{runtime}");
+    assert!(
+        runtime["tray"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no system tray"),
+        "{runtime}"
+    );
+    tokio::task::block_in_place(|| {
+        let status = desktop.window("capbridge");
+        desktop.find(status, "no tray icon shows");
+        let id = desktop.window_id("capbridge").expect("the status window");
+        desktop.close("capbridge");
+        desktop.wait_until_gone("the status window to minimize", "capbridge");
+        let state = desktop.x(&["xprop", "-id", &id, "WM_STATE"]);
+        assert!(state.contains("Iconic"), "{state}");
+    });
+    let (_, runtime) = server.get(&token, "/api/v1/bridge/runtime").await;
+    assert_eq!(runtime["tray"]["statusWindow"], "shown", "{runtime}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
