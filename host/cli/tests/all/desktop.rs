@@ -1119,8 +1119,131 @@ async fn in_tray_mode_a_prompt_raises_a_notification_withdrawn_once_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_screenshot_through_the_contract_is_what_is_on_the_screen() {
+    use base64::Engine as _;
+    let desktop = Desktop::start("screenshot").await;
+    let install = Install::everything_shipped();
+    let server = desktop.shell(&install);
+    let token = server.handshake().await;
+    let status = tokio::task::block_in_place(|| desktop.window("capbridge"));
+    // The window's header: a part of the screen that does not change while the test runs.
+    let (width, height) = (300, 60);
+    let region = json!({"x": status.x, "y": status.y, "width": width, "height": height});
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/desktop.screenshot/invoke",
+            json!({"args": {"region": region}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let shot = &body["result"]["ok"];
+    assert_eq!(
+        (shot["width"].clone(), shot["height"].clone()),
+        (json!(width), json!(height))
+    );
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["image-base64"].as_str().expect("image-base64"))
+        .expect("base64");
+    tokio::task::block_in_place(|| {
+        let taken = desktop.shots.join("through-the-contract.png");
+        std::fs::write(&taken, &png).expect("write the screenshot");
+        // The same part of the screen as ImageMagick reads it: the same pixels, and not a
+        // blank (the header has text on it).
+        let screen = desktop.screenshot("the-screen");
+        let reference = desktop.shots.join("reference.png");
+        let cropped = Command::new("convert")
+            .arg(&screen)
+            .args([
+                "-crop",
+                &format!("{width}x{height}+{}+{}", status.x, status.y),
+                "+repage",
+            ])
+            .arg(&reference)
+            .status()
+            .expect("convert runs");
+        assert!(cropped.success());
+        let compared = Command::new("compare")
+            .args(["-metric", "AE"])
+            .arg(&taken)
+            .arg(&reference)
+            .arg("null:")
+            .output()
+            .expect("compare runs");
+        let differing = String::from_utf8_lossy(&compared.stderr);
+        assert_eq!(differing.trim(), "0", "pixels differ: {differing}");
+        let colors = Command::new("identify")
+            .args(["-format", "%k"])
+            .arg(&taken)
+            .output()
+            .expect("identify runs");
+        let colors: u32 = String::from_utf8_lossy(&colors.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(colors > 2, "a blank screenshot ({colors} colors)");
+    });
+
+    // The whole screen.
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/desktop.screenshot/invoke",
+            json!({"args": {"region": null}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"]["ok"]["width"], 1280);
+    assert_eq!(body["result"]["ok"]["height"], 900);
+
+    // A region off the screen, or not a region, is refused with why.
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/desktop.screenshot/invoke",
+            json!({"args": {"region": {"x": 1200, "y": 0, "width": 100, "height": 10}}}),
+        )
+        .await;
+    // A command's own error: 500 `command_failed`, with the component's error as details.
+    assert_eq!(code, 500, "{body}");
+    assert!(
+        body["error"]["details"]["invalid-argument"]
+            .as_str()
+            .is_some_and(|why| why.contains("does not lie on the 1280×900 screen")),
+        "{body}"
+    );
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/desktop.screenshot/invoke",
+            json!({"args": {"region": {"x": -1, "y": 0, "width": 10, "height": 10}}}),
+        )
+        .await;
+    assert_eq!(code, 500, "{body}");
+    assert!(
+        body["error"]["details"]["invalid-argument"]
+            .as_str()
+            .is_some_and(|why| why.contains("at least 0")),
+        "{body}"
+    );
+
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/desktop.ping/invoke",
+            json!({"args": {}}),
+        )
+        .await;
+    assert_eq!(
+        (code, body["result"].clone()),
+        (200, json!("pong")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn without_a_display_capbridge_runs_headless_as_serve() {
-    let install = Install::shipped(&["canvas"]);
+    let install = Install::shipped(&["canvas", "desktop"]);
     // No DISPLAY, no WAYLAND_DISPLAY: the environment is cleared.
     let server =
         tokio::task::block_in_place(|| Server::start_with(&install, &[], &["--port", "0"]));
@@ -1143,4 +1266,17 @@ async fn without_a_display_capbridge_runs_headless_as_serve() {
         .as_str()
         .unwrap_or_default();
     assert!(why.contains("no screen"), "{body}");
+    // Nor a screen to read.
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/desktop.screenshot/invoke",
+            json!({"args": {"region": null}}),
+        )
+        .await;
+    assert_eq!(code, 500, "{body}");
+    let why = body["error"]["details"]["unavailable"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("no display"), "{body}");
 }

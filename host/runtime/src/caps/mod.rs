@@ -24,6 +24,7 @@ pub mod log;
 pub mod mcp;
 pub mod network;
 pub mod process;
+pub mod screen;
 pub mod system;
 
 use std::any::Any;
@@ -66,6 +67,7 @@ pub static ALL: &[&dyn Capability] = &[
     &process::Process,
     &mcp::Mcp,
     &canvas::Canvas,
+    &screen::Screen,
 ];
 
 /// The policy halves of [`ALL`], for reading policy files.
