@@ -59,6 +59,7 @@ fn xtask() -> anyhow::Result<()> {
                 ("Xvfb", "xvfb"),
                 ("openbox", "openbox"),
                 ("xdotool", "xdotool"),
+                ("wmctrl", "wmctrl"),
                 ("xprop", "x11-utils"),
                 ("import", "imagemagick"),
                 ("tesseract", "tesseract-ocr"),
@@ -198,8 +199,8 @@ fn ensure_toolchain() -> anyhow::Result<()> {
 }
 
 /// What building and running capbridge needs: WebKitGTK for the desktop shell (`lib:` names a
-/// pkg-config module), and the library its tray icon is made with (`deb:` names a package,
-/// loaded at run time).
+/// pkg-config module), the library its tray icon is made with (`deb:` names a package, loaded
+/// at run time), and Tesseract for OCR.
 const BUILD_PACKAGES: &[(&str, &str)] = &[
     ("lib:webkit2gtk-4.1", "libwebkit2gtk-4.1-dev"),
     ("pkg-config", "pkg-config"),
@@ -207,6 +208,8 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
         "deb:libayatana-appindicator3-1",
         "libayatana-appindicator3-1",
     ),
+    // The desktop component's OCR (`desktop.ocr`), with Debian's English data.
+    ("tesseract", "tesseract-ocr"),
 ];
 
 /// Installs missing Debian packages (`(command, package)`, `("lib:module", package)` for a

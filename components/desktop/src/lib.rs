@@ -1,6 +1,6 @@
 //! The desktop component: seed 001's desktop bridge, over the host's `capbridge:host/screen`.
-//! The host reads the screen; this component shapes the answer as seed 001 does (a base64
-//! PNG with its size).
+//! The host reads the screen and its text; this component shapes the answers as seed 001 does
+//! (images as base64 PNG).
 
 wit_bindgen::generate!({ world: "desktop", generate_all });
 
@@ -17,6 +17,17 @@ impl Guest for Desktop {
             width: image.width,
             height: image.height,
         })
+    }
+
+    fn ocr(image_base64: Option<String>) -> Result<Text, Error> {
+        let png = image_base64
+            .map(|image| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(image.trim())
+                    .map_err(|e| Error::InvalidArgument(format!("image-base64: not base64: {e}")))
+            })
+            .transpose()?;
+        host::read_text(png.as_deref())
     }
 
     fn ping() -> String {

@@ -71,6 +71,7 @@ impl Desktop {
             "Xvfb",
             "openbox",
             "xdotool",
+            "wmctrl",
             "import",
             "convert",
             "tesseract",
@@ -78,7 +79,7 @@ impl Desktop {
             assert!(
                 which(tool),
                 "`{tool}` is not installed: `cargo xtask test` installs it, or run: apt-get \
-                 install xvfb openbox xdotool imagemagick tesseract-ocr"
+                 install xvfb openbox xdotool wmctrl imagemagick tesseract-ocr"
             );
         }
         let shots = root().join("target/desktop-screenshots").join(test);
@@ -348,13 +349,12 @@ impl Desktop {
         found.unwrap()
     }
 
-    /// Asks the window manager to close capbridge's window titled `title` with Alt+F4, as a
-    /// person closes it.
+    /// Asks the window manager to close capbridge's window titled `title`, as its close button
+    /// does (`_NET_CLOSE_WINDOW`: the window manager asks the window to close).
     fn close(&self, title: &str) {
         self.window(title);
         let id = self.window_id(title).expect("the window");
-        self.x(&["xdotool", "windowactivate", "--sync", &id]);
-        self.x(&["xdotool", "key", "--clearmodifiers", "alt+F4"]);
+        self.x(&["wmctrl", "-i", "-c", &id]);
     }
 
     /// A system tray (trayer: an XEmbed tray, as in many panels) at the bottom right of the
@@ -1227,6 +1227,36 @@ async fn a_screenshot_through_the_contract_is_what_is_on_the_screen() {
         "{body}"
     );
 
+    // The text on the screen now: the status window's header is in it, each word placed.
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/desktop.ocr/invoke",
+            json!({"args": {"image-base64": null}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let read = &body["result"]["ok"];
+    assert!(
+        read["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Settings"),
+        "{read}"
+    );
+    let settings = read["words"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["text"] == "Settings")
+        .unwrap_or_else(|| panic!("no word `Settings`: {read}"));
+    let x = settings["x"].as_i64().unwrap() as i32;
+    let y = settings["y"].as_i64().unwrap() as i32;
+    assert!(
+        (status.x..status.x + status.width).contains(&x) && (status.y..status.y + 60).contains(&y),
+        "`Settings` at ({x}, {y}), not in the header of {status:?}"
+    );
+
     let (code, body) = server
         .post(
             &token,
@@ -1266,6 +1296,65 @@ async fn without_a_display_capbridge_runs_headless_as_serve() {
         .as_str()
         .unwrap_or_default();
     assert!(why.contains("no screen"), "{body}");
+    // Text is read off a given image without any display.
+    let image = tempfile::tempdir().unwrap();
+    let png = image.path().join("hello.png");
+    let rendered = Command::new("convert")
+        .args([
+            "-size",
+            "520x90",
+            "xc:white",
+            "-fill",
+            "black",
+            "-font",
+            "DejaVu-Sans",
+        ])
+        .args([
+            "-pointsize",
+            "36",
+            "-annotate",
+            "+20+60",
+            "Hello from capbridge",
+        ])
+        .arg(&png)
+        .status()
+        .expect("convert runs");
+    assert!(rendered.success());
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&png).unwrap())
+    };
+    let (code, body) = server
+        .post(
+            &token,
+            "/api/v1/commands/desktop.ocr/invoke",
+            json!({"args": {"image-base64": encoded}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["result"]["ok"]["text"], "Hello from capbridge",
+        "{body}"
+    );
+    assert_eq!(body["result"]["ok"]["words"].as_array().unwrap().len(), 3);
+    // Not an image: refused, saying why.
+    for (bad, why) in [("%%%", "not base64"), ("aGVsbG8=", "not a PNG")] {
+        let (code, body) = server
+            .post(
+                &token,
+                "/api/v1/commands/desktop.ocr/invoke",
+                json!({"args": {"image-base64": bad}}),
+            )
+            .await;
+        assert_eq!(code, 500, "{body}");
+        assert!(
+            body["error"]["details"]["invalid-argument"]
+                .as_str()
+                .is_some_and(|w| w.contains(why)),
+            "{body}"
+        );
+    }
+
     // Nor a screen to read.
     let (code, body) = server
         .post(
