@@ -1,11 +1,11 @@
 //! `capbridge:host/screen`: what is on the person's screen now, as a PNG image (seed 001's
 //! `desktop.screenshot`).
 //!
-//! Read from the X server named by `DISPLAY` (X11, or XWayland), one connection per call, off
-//! the async threads. Wayland without X needs the ScreenCast portal: not supported yet, and
-//! said so. Text is read off an image, or off the screen, by Tesseract (seed 001's
-//! `desktop.ocr`), run as a program with Debian's language data. Every capture and every read
-//! is audited (the region and sizes, never the image or the text).
+//! Read from the X server named by `DISPLAY`, one connection per call, off the async threads.
+//! Wayland sessions need the ScreenCast portal: not supported yet, and said so. Text is read
+//! off an image, or off the screen, by Tesseract (seed 001's `desktop.ocr`), run as a program
+//! with Debian's language data on a grey image the host made. Every capture and every read is
+//! audited, cancelled ones too (the region and sizes, never the image or the text).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +59,7 @@ impl GrantKind for Screen {
     }
 
     fn not_granted(&self) -> &'static str {
-        "no screenshots"
+        "no screenshots, no OCR"
     }
 
     fn widening(&self) -> &'static str {
@@ -81,9 +81,7 @@ impl Capability for Screen {
     }
 
     fn start(&self, host: &HostContext<'_>) -> Option<Arc<dyn Service>> {
-        Some(Arc::new(ScreenService {
-            audit: host.audit.clone(),
-        }))
+        Some(Arc::new(ScreenService::new(host.audit.clone())))
     }
 }
 
@@ -91,8 +89,11 @@ impl Capability for Screen {
 pub const MAX_OCR_BYTES: usize = 32 * 1024 * 1024;
 /// Largest side of an image `read-text` takes, in pixels.
 pub const MAX_OCR_SIDE: u32 = 8192;
-/// Longest one `read-text` may take.
-pub const OCR_DEADLINE: Duration = Duration::from_secs(30);
+/// Most pixels of an image `read-text` takes (a 4096×4096 image; a 4K screen is half that).
+pub const MAX_OCR_PIXELS: u64 = 4096 * 4096;
+/// Longest Tesseract may take on one image (shorter than a call's default deadline, 30 s, so
+/// the caller hears why).
+pub const OCR_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A part of the screen, in pixels (as the guest gives it: fractions allowed).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -114,11 +115,20 @@ struct Pixels {
 
 pub struct ScreenService {
     audit: AuditLog,
+    /// OCR runs one at a time: each takes a core for up to [`OCR_DEADLINE`].
+    ocr: tokio::sync::Semaphore,
 }
 
 impl Service for ScreenService {}
 
 impl ScreenService {
+    fn new(audit: AuditLog) -> Self {
+        ScreenService {
+            audit,
+            ocr: tokio::sync::Semaphore::new(1),
+        }
+    }
+
     /// The screen, or `region` of it, as a PNG.
     pub async fn capture(
         &self,
@@ -126,29 +136,19 @@ impl ScreenService {
         session: Option<u64>,
         region: Option<Region>,
     ) -> Result<Image, GuestError> {
+        let mut entry = Entry::new(self, "screen.captured", component, session);
+        entry.detail = json!({ "region": region });
         let result = match region.map(check_region).transpose() {
-            Ok(region) => tokio::task::spawn_blocking(move || x11::capture(region))
-                .await
-                .unwrap_or_else(|e| Err(GuestError::Unavailable(format!("capture failed: {e}")))),
+            Ok(region) => blocking(move || x11::capture(region)).await,
             Err(e) => Err(e),
         };
-        let (outcome, detail) = match &result {
-            Ok(image) => (
-                Outcome::Allowed,
-                json!({ "region": region, "width": image.width, "height": image.height }),
-            ),
-            Err(e) => (
-                Outcome::Denied,
-                json!({ "region": region, "error": e.to_string() }),
-            ),
-        };
-        self.audit
-            .record("screen.captured", Some(component), session, outcome, detail);
+        entry.finish(
+            &result,
+            |image| json!({ "region": region, "width": image.width, "height": image.height }),
+        );
         result
     }
-}
 
-impl ScreenService {
     /// The text in `png`, or on the whole screen when it is `None`.
     pub async fn read_text(
         &self,
@@ -157,127 +157,295 @@ impl ScreenService {
         png: Option<Vec<u8>>,
     ) -> Result<Text, GuestError> {
         let source = if png.is_some() { "image" } else { "screen" };
+        let mut entry = Entry::new(self, "screen.text_read", component, session);
+        entry.detail = json!({ "source": source });
+        let given = png.is_some();
         let result = async {
-            let png = match png {
-                Some(png) => {
-                    check_png(&png)?;
-                    png
-                }
+            // Tesseract (C and C++) never parses what a guest sent: the host decodes it, within
+            // limits, and hands Tesseract a grey image of its own making.
+            let gray = match png {
+                Some(png) => blocking(move || gray_of_png(&png)).await?,
                 None => {
-                    tokio::task::spawn_blocking(|| x11::capture(None))
-                        .await
-                        .map_err(|e| GuestError::Unavailable(format!("capture failed: {e}")))??
-                        .png
+                    blocking(|| x11::grab(None).map(|(rgb, area)| gray_of_rgb(&rgb, area))).await?
                 }
             };
-            ocr::read(png).await
+            let _turn = self
+                .ocr
+                .acquire()
+                .await
+                .map_err(|_| GuestError::Unavailable("capbridge is stopping".into()))?;
+            ocr::read(gray, given).await
         }
         .await;
-        let (outcome, detail) = match &result {
-            Ok(text) => (
-                Outcome::Allowed,
-                json!({ "source": source, "words": text.words.len() }),
-            ),
-            Err(e) => (
-                Outcome::Denied,
-                json!({ "source": source, "error": e.to_string() }),
-            ),
-        };
-        self.audit.record(
-            "screen.text_read",
-            Some(component),
-            session,
-            outcome,
-            detail,
+        entry.finish(
+            &result,
+            |text| json!({ "source": source, "words": text.words.len() }),
         );
         result
     }
 }
 
-/// A PNG within the sizes `read-text` takes.
-fn check_png(png: &[u8]) -> Result<(), GuestError> {
+/// A call's audit entry, written when the call ends: with its outcome, or as cancelled when it
+/// is dropped first (the call's deadline, or the client going away).
+struct Entry<'a> {
+    audit: &'a AuditLog,
+    kind: &'static str,
+    component: &'a str,
+    session: Option<u64>,
+    detail: serde_json::Value,
+    outcome: Option<Outcome>,
+}
+
+impl<'a> Entry<'a> {
+    fn new(
+        service: &'a ScreenService,
+        kind: &'static str,
+        component: &'a str,
+        session: Option<u64>,
+    ) -> Self {
+        Entry {
+            audit: &service.audit,
+            kind,
+            component,
+            session,
+            detail: json!({}),
+            outcome: None,
+        }
+    }
+
+    fn finish<T>(
+        &mut self,
+        result: &Result<T, GuestError>,
+        ok: impl FnOnce(&T) -> serde_json::Value,
+    ) {
+        match result {
+            Ok(value) => {
+                self.detail = ok(value);
+                self.outcome = Some(Outcome::Allowed);
+            }
+            Err(e) => {
+                self.detail["error"] = json!(e.to_string());
+                self.outcome = Some(Outcome::Denied);
+            }
+        }
+    }
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or_else(|| {
+            self.detail["error"] = json!("cancelled before it finished");
+            Outcome::Failed
+        });
+        let detail = std::mem::take(&mut self.detail);
+        self.audit.record(
+            self.kind,
+            Some(self.component),
+            self.session,
+            outcome,
+            detail,
+        );
+    }
+}
+
+/// `work` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, GuestError> + Send + 'static,
+) -> Result<T, GuestError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(GuestError::Unavailable(format!(
+            "the screen task failed: {e}"
+        )))
+    })
+}
+
+/// An 8-bit grey image, for OCR.
+pub struct Gray {
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+}
+
+impl Gray {
+    /// As a binary PGM (`P5`), which Tesseract's image library reads.
+    fn pgm(&self) -> Vec<u8> {
+        let mut out = format!("P5\n{} {}\n255\n", self.width, self.height).into_bytes();
+        out.extend_from_slice(&self.pixels);
+        out
+    }
+}
+
+/// Decodes a guest's PNG within the limits `read-text` takes, as grey (transparency over
+/// white).
+fn gray_of_png(png: &[u8]) -> Result<Gray, GuestError> {
     if png.len() > MAX_OCR_BYTES {
         return Err(GuestError::TooLarge(format!(
             "the image is {} bytes; at most {MAX_OCR_BYTES}",
             png.len()
         )));
     }
-    let info = png::Decoder::new(std::io::Cursor::new(png))
-        .read_info()
-        .map_err(|e| GuestError::InvalidArgument(format!("not a PNG image: {e}")))?;
-    let (width, height) = (info.info().width, info.info().height);
-    if width > MAX_OCR_SIDE || height > MAX_OCR_SIDE {
+    let not_png =
+        |e: png::DecodingError| GuestError::InvalidArgument(format!("not a PNG image: {e}"));
+    let mut decoder = png::Decoder::new_with_limits(
+        std::io::Cursor::new(png),
+        png::Limits {
+            bytes: 4 * MAX_OCR_PIXELS as usize + 1024 * 1024,
+        },
+    );
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let header = decoder.read_header_info().map_err(not_png)?;
+    let (width, height) = (header.width, header.height);
+    if width > MAX_OCR_SIDE
+        || height > MAX_OCR_SIDE
+        || u64::from(width) * u64::from(height) > MAX_OCR_PIXELS
+    {
         return Err(GuestError::TooLarge(format!(
-            "the image is {width}×{height} pixels; at most {MAX_OCR_SIDE} on a side"
+            "the image is {width}×{height} pixels; at most {MAX_OCR_SIDE} on a side and \
+             {MAX_OCR_PIXELS} pixels"
         )));
     }
-    Ok(())
+    let mut reader = decoder.read_info().map_err(not_png)?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| GuestError::TooLarge("the image is too large to decode".into()))?;
+    let mut buffer = vec![0; size];
+    let frame = reader.next_frame(&mut buffer).map_err(not_png)?;
+    let channels = frame.color_type.samples();
+    let pixels = buffer[..frame.buffer_size()]
+        .chunks_exact(frame.line_size)
+        .flat_map(|line| line[..frame.width as usize * channels].chunks_exact(channels))
+        .map(|p| match *p {
+            [v] => v,
+            [v, a] => over_white(v, a),
+            [r, g, b] => luma(r, g, b),
+            [r, g, b, a] => over_white(luma(r, g, b), a),
+            _ => 255,
+        })
+        .collect();
+    Ok(Gray {
+        width: frame.width,
+        height: frame.height,
+        pixels,
+    })
+}
+
+/// A screen grab as grey.
+fn gray_of_rgb(rgb: &[u8], area: Pixels) -> Gray {
+    Gray {
+        width: u32::from(area.width),
+        height: u32::from(area.height),
+        pixels: rgb
+            .chunks_exact(3)
+            .map(|p| luma(p[0], p[1], p[2]))
+            .collect(),
+    }
+}
+
+fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((u32::from(r) * 299 + u32::from(g) * 587 + u32::from(b) * 114) / 1000) as u8
+}
+
+fn over_white(v: u8, alpha: u8) -> u8 {
+    ((u32::from(v) * u32::from(alpha) + 255 * u32::from(255 - alpha)) / 255) as u8
 }
 
 mod ocr {
     use std::process::Stdio;
 
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 
-    use super::{GuestError, Text, Word, OCR_DEADLINE};
+    use super::{Gray, GuestError, Text, Word, OCR_DEADLINE};
 
     /// Most output read from Tesseract.
     const MAX_OUTPUT: u64 = 16 * 1024 * 1024;
+    /// How much of Tesseract's error output is kept (its end says why it failed).
+    const ERROR_TAIL: usize = 4096;
 
-    /// Tesseract's reading of `png`: sparse text (`--psm 11`, as screens have it), English.
-    pub async fn read(png: Vec<u8>) -> Result<Text, GuestError> {
-        let mut child = tokio::process::Command::new("tesseract")
+    /// Tesseract's reading of `image`: sparse text (`--psm 11`, as screens have it), English.
+    /// `given`: the guest gave the image (so an image Tesseract cannot read is its argument's
+    /// fault).
+    pub async fn read(image: Gray, given: bool) -> Result<Text, GuestError> {
+        let mut command = tokio::process::Command::new("tesseract");
+        command
             .args(["stdin", "stdout", "--psm", "11", "-l", "eng", "tsv"])
-            // One thread: OCR must not take every core from the person's machine.
+            // Nothing of capbridge's environment: the search path, where the language data
+            // is when it was moved, and one thread (OCR must not take every core).
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("OMP_THREAD_LIMIT", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                GuestError::Unavailable(if e.kind() == std::io::ErrorKind::NotFound {
-                    "Tesseract is not installed (Debian and Ubuntu: `sudo apt-get install \
-                     tesseract-ocr`)"
-                        .into()
-                } else {
-                    format!("cannot run Tesseract: {e}")
-                })
-            })?;
+            .kill_on_drop(true);
+        if let Some(data) = std::env::var_os("TESSDATA_PREFIX") {
+            command.env("TESSDATA_PREFIX", data);
+        }
+        let mut child = command.spawn().map_err(|e| {
+            GuestError::Unavailable(if e.kind() == std::io::ErrorKind::NotFound {
+                "Tesseract is not installed (Debian and Ubuntu: `sudo apt-get install \
+                 tesseract-ocr`)"
+                    .into()
+            } else {
+                format!("cannot run Tesseract: {e}")
+            })
+        })?;
         let mut stdin = child.stdin.take().expect("piped");
-        let mut stdout = child.stdout.take().expect("piped").take(MAX_OUTPUT);
-        let mut stderr = child.stderr.take().expect("piped").take(64 * 1024);
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let pgm = image.pgm();
         let run = async {
             let feed = async {
-                // Tesseract may stop reading early (a bad image): its exit says why.
-                let _ = stdin.write_all(&png).await;
+                // Tesseract may stop reading early: its exit says why.
+                let _ = stdin.write_all(&pgm).await;
                 drop(stdin);
             };
             let mut out = Vec::new();
-            let mut err = Vec::new();
-            let (_, read_out, read_err) = tokio::join!(
-                feed,
-                stdout.read_to_end(&mut out),
-                stderr.read_to_end(&mut err)
-            );
-            read_out.and(read_err)?;
+            let mut stdout = stdout.take(MAX_OUTPUT + 1);
+            let (_, read_out, err) = tokio::join!(feed, stdout.read_to_end(&mut out), tail(stderr));
+            read_out?;
+            if out.len() as u64 > MAX_OUTPUT {
+                return Ok(Err(GuestError::TooLarge(format!(
+                    "Tesseract read more than {MAX_OUTPUT} bytes of text"
+                ))));
+            }
             let status = child.wait().await?;
-            Ok::<_, std::io::Error>((status, out, err))
+            Ok::<_, std::io::Error>(Ok((status, out, err)))
         };
         let (status, out, err) = tokio::time::timeout(OCR_DEADLINE, run)
             .await
             .map_err(|_| {
                 GuestError::Unavailable(format!("Tesseract took longer than {OCR_DEADLINE:?}"))
             })?
-            .map_err(|e| GuestError::Unavailable(format!("Tesseract: {e}")))?;
+            .map_err(|e| GuestError::Unavailable(format!("Tesseract: {e}")))??;
         if !status.success() {
             let why = String::from_utf8_lossy(&err);
             let why = why.lines().last().unwrap_or("no message");
-            return Err(GuestError::InvalidArgument(format!(
-                "Tesseract could not read the image ({status}): {why}"
-            )));
+            let message = format!("Tesseract could not read the image ({status}): {why}");
+            // A crash or a kill is the host's trouble, not the argument's.
+            return Err(if given && status.code().is_some() {
+                GuestError::InvalidArgument(message)
+            } else {
+                GuestError::Unavailable(message)
+            });
         }
         Ok(parse(&String::from_utf8_lossy(&out)))
+    }
+
+    /// Reads `stream` to its end, keeping the last [`ERROR_TAIL`] bytes (so the writer never
+    /// blocks on a full pipe).
+    async fn tail(mut stream: impl AsyncRead + Unpin) -> Vec<u8> {
+        let mut kept = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&chunk[..n]);
+            if kept.len() > ERROR_TAIL {
+                kept.drain(..kept.len() - ERROR_TAIL);
+            }
+        }
+        kept
     }
 
     /// Tesseract's TSV: one row per page, block, paragraph, line and word (level 5); words
@@ -319,8 +487,7 @@ mod ocr {
     }
 }
 
-/// Finite, positive, and within what an X screen can be; the screen's own size is checked
-/// against it when captured.
+/// Finite and positive; the screen's size is checked against it when captured.
 fn check_region(region: Region) -> Result<Region, GuestError> {
     let Region {
         x,
@@ -357,7 +524,9 @@ fn pixels(
         });
     };
     let (left, top) = (r.x.floor(), r.y.floor());
-    let (right, bottom) = ((r.x + r.width).ceil(), (r.y + r.height).ceil());
+    // At least one pixel, however small the size (x + width may round back to x).
+    let right = (r.x + r.width).ceil().max(left + 1.0);
+    let bottom = (r.y + r.height).ceil().max(top + 1.0);
     if right > f64::from(screen_width) || bottom > f64::from(screen_height) {
         return Err(GuestError::InvalidArgument(format!(
             "region: {}×{} at ({}, {}) does not lie on the {screen_width}×{screen_height} screen",
@@ -379,17 +548,33 @@ mod x11 {
 
     use super::{pixels, GuestError, Image, Pixels, Region};
 
-    /// The screen, or `region` of it, read from the X server of `DISPLAY`.
+    /// The screen, or `region` of it, as a PNG.
     pub fn capture(region: Option<Region>) -> Result<Image, GuestError> {
-        let display = std::env::var_os("DISPLAY").filter(|d| !d.is_empty());
-        if display.is_none() {
-            let why = if std::env::var_os("WAYLAND_DISPLAY").is_some_and(|d| !d.is_empty()) {
-                "this Wayland session has no X display (DISPLAY); screen capture through the \
-                 ScreenCast portal is not supported yet"
-            } else {
-                "no display: capbridge runs without one (DISPLAY is not set)"
-            };
-            return Err(GuestError::Unavailable(why.into()));
+        let (rgb, area) = grab(region)?;
+        Ok(Image {
+            png: encode(&rgb, area)?,
+            width: u32::from(area.width),
+            height: u32::from(area.height),
+        })
+    }
+
+    /// The screen, or `region` of it, read from the X server of `DISPLAY`: RGB pixels.
+    pub fn grab(region: Option<Region>) -> Result<(Vec<u8>, Pixels), GuestError> {
+        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        // Under Wayland, DISPLAY is XWayland's, whose screen holds only the X windows: the
+        // picture would be wrong, not missing.
+        if set("WAYLAND_DISPLAY") || std::env::var("XDG_SESSION_TYPE").is_ok_and(|t| t == "wayland")
+        {
+            return Err(GuestError::Unavailable(
+                "this is a Wayland session: screen capture through the ScreenCast portal is not \
+                 supported yet (X11 sessions only)"
+                    .into(),
+            ));
+        }
+        if !set("DISPLAY") {
+            return Err(GuestError::Unavailable(
+                "no display: capbridge runs without one (DISPLAY is not set)".into(),
+            ));
         }
         let unavailable = |e: &dyn std::fmt::Display| {
             GuestError::Unavailable(format!("cannot read the screen: {e}"))
@@ -440,11 +625,7 @@ mod x11 {
             .chunks_exact(4)
             .flat_map(|bgrx| [bgrx[2], bgrx[1], bgrx[0]])
             .collect();
-        Ok(Image {
-            png: encode(&rgb, area)?,
-            width: u32::from(area.width),
-            height: u32::from(area.height),
-        })
+        Ok((rgb, area))
     }
 
     fn encode(rgb: &[u8], area: Pixels) -> Result<Vec<u8>, GuestError> {
@@ -549,6 +730,16 @@ mod tests {
         );
         assert!(pixels(Some(region(90.0, 0.0, 11.0, 1.0)), 100, 100).is_err());
         assert!(pixels(Some(region(0.0, 0.0, 100.0, 100.0)), 100, 100).is_ok());
+        // However small, at least a pixel (and still on the screen).
+        assert_eq!(
+            pixels(Some(region(99.0, 0.0, 1e-14, 1e-14)), 100, 100).unwrap(),
+            Pixels {
+                x: 99,
+                y: 0,
+                width: 1,
+                height: 1
+            }
+        );
     }
 
     #[test]
@@ -570,19 +761,43 @@ mod tests {
         assert_eq!(ocr::parse("").text, "");
     }
 
+    fn png(width: u32, height: u32, color: png::ColorType, pixels: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(color);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(pixels).unwrap();
+        writer.finish().unwrap();
+        out
+    }
+
     #[test]
-    fn only_pngs_within_the_limits_are_read() {
+    fn only_pngs_within_the_limits_are_read_and_made_grey() {
         assert!(matches!(
-            check_png(b"not a png"),
+            gray_of_png(b"not a png"),
             Err(GuestError::InvalidArgument(_))
         ));
-        let mut png = Vec::new();
-        {
-            let mut encoder = png::Encoder::new(&mut png, 9000, 1);
-            encoder.set_color(png::ColorType::Grayscale);
-            let mut writer = encoder.write_header().unwrap();
-            writer.write_image_data(&vec![0; 9000]).unwrap();
-        }
-        assert!(matches!(check_png(&png), Err(GuestError::TooLarge(_))));
+        // Refused from the header, before anything is decoded: too wide, too many pixels.
+        let wide = png(9000, 1, png::ColorType::Grayscale, &[0; 9000]);
+        assert!(matches!(gray_of_png(&wide), Err(GuestError::TooLarge(_))));
+        let many = png(
+            5000,
+            4000,
+            png::ColorType::Grayscale,
+            &vec![255; 5000 * 4000],
+        );
+        assert!(many.len() < 100_000, "compressed: {}", many.len());
+        assert!(matches!(gray_of_png(&many), Err(GuestError::TooLarge(_))));
+        // RGB to grey; transparency over white.
+        let rgba = png(
+            3,
+            1,
+            png::ColorType::Rgba,
+            &[255, 255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 0],
+        );
+        let gray = gray_of_png(&rgba).unwrap();
+        assert_eq!((gray.width, gray.height), (3, 1));
+        assert_eq!(gray.pixels, vec![255, 0, 255]);
+        assert!(gray.pgm().starts_with(b"P5\n3 1\n255\n"));
     }
 }
