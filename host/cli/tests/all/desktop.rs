@@ -650,6 +650,22 @@ fn prompt_title(request: &str) -> String {
     format!("allow? ({request})")
 }
 
+/// Invokes command `name` (`component.export`) through the contract with `args`.
+async fn invoke(
+    server: &Server,
+    token: &str,
+    name: &str,
+    args: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    server
+        .post(
+            token,
+            &format!("/api/v1/commands/{name}/invoke"),
+            json!({ "args": args }),
+        )
+        .await
+}
+
 /// Asks for a command through the contract; it waits for a person. Its run id and prompt id.
 async fn execute(server: &Server, token: &str, program: &str, args: &[&str]) -> (String, String) {
     let (code, run) = server
@@ -740,13 +756,13 @@ async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
           <div style="width:40px;height:40px;background:#00aa00"></div></object>
         </body></html>"##;
     let position = json!({"x": cx - 150, "y": cy - 60, "width": 300, "height": 120});
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/canvas.show/invoke",
-            json!({"args": {"html": html, "position": position}}),
-        )
-        .await;
+    let (code, body) = invoke(
+        &server,
+        &token,
+        "canvas.show",
+        json!({"html": html, "position": position}),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["result"], json!({"ok": null}), "{body}");
     tokio::task::block_in_place(|| {
@@ -768,23 +784,11 @@ async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
 
     // Another session can neither update nor hide it.
     let other = server.handshake().await;
-    let (_, body) = server
-        .post(
-            &other,
-            "/api/v1/commands/canvas.hide/invoke",
-            json!({"args": {}}),
-        )
-        .await;
+    let (_, body) = invoke(&server, &other, "canvas.hide", json!({})).await;
     assert!(body["error"]["details"]["not-found"].is_string(), "{body}");
 
     // Update: new content, same place.
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/canvas.update/invoke",
-            json!({"args": {"patch": {"html": "<body style='margin:0;background:#00aa00'><p style='font:bold 28px sans-serif;margin:8px'>Deployed</p></body>", "position": null}}}),
-        )
-        .await;
+    let (code, body) = invoke(&server, &token, "canvas.update", json!({"patch": {"html": "<body style='margin:0;background:#00aa00'><p style='font:bold 28px sans-serif;margin:8px'>Deployed</p></body>", "position": null}})).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["result"], json!({"ok": null}), "{body}");
     tokio::task::block_in_place(|| {
@@ -826,13 +830,7 @@ async fn a_canvas_overlay_shows_updates_hides_and_lets_clicks_through() {
         desktop.window("capbridge canvas");
     });
 
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/canvas.hide/invoke",
-            json!({"args": {}}),
-        )
-        .await;
+    let (code, body) = invoke(&server, &token, "canvas.hide", json!({})).await;
     assert_eq!(code, 200, "{body}");
     tokio::task::block_in_place(|| {
         desktop.wait_until_gone("the overlay to hide", "capbridge canvas");
@@ -1129,13 +1127,13 @@ async fn a_screenshot_through_the_contract_is_what_is_on_the_screen() {
     // The window's header: a part of the screen that does not change while the test runs.
     let (width, height) = (300, 60);
     let region = json!({"x": status.x, "y": status.y, "width": width, "height": height});
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/desktop.screenshot/invoke",
-            json!({"args": {"region": region}}),
-        )
-        .await;
+    let (code, body) = invoke(
+        &server,
+        &token,
+        "desktop.screenshot",
+        json!({"region": region}),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     let shot = &body["result"]["ok"];
     assert_eq!(
@@ -1185,25 +1183,25 @@ async fn a_screenshot_through_the_contract_is_what_is_on_the_screen() {
     });
 
     // The whole screen.
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/desktop.screenshot/invoke",
-            json!({"args": {"region": null}}),
-        )
-        .await;
+    let (code, body) = invoke(
+        &server,
+        &token,
+        "desktop.screenshot",
+        json!({"region": null}),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["result"]["ok"]["width"], 1280);
     assert_eq!(body["result"]["ok"]["height"], 900);
 
     // A region off the screen, or not a region, is refused with why.
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/desktop.screenshot/invoke",
-            json!({"args": {"region": {"x": 1200, "y": 0, "width": 100, "height": 10}}}),
-        )
-        .await;
+    let (code, body) = invoke(
+        &server,
+        &token,
+        "desktop.screenshot",
+        json!({"region": {"x": 1200, "y": 0, "width": 100, "height": 10}}),
+    )
+    .await;
     // A command's own error: 500 `command_failed`, with the component's error as details.
     assert_eq!(code, 500, "{body}");
     assert!(
@@ -1212,13 +1210,13 @@ async fn a_screenshot_through_the_contract_is_what_is_on_the_screen() {
             .is_some_and(|why| why.contains("does not lie on the 1280×900 screen")),
         "{body}"
     );
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/desktop.screenshot/invoke",
-            json!({"args": {"region": {"x": -1, "y": 0, "width": 10, "height": 10}}}),
-        )
-        .await;
+    let (code, body) = invoke(
+        &server,
+        &token,
+        "desktop.screenshot",
+        json!({"region": {"x": -1, "y": 0, "width": 10, "height": 10}}),
+    )
+    .await;
     assert_eq!(code, 500, "{body}");
     assert!(
         body["error"]["details"]["invalid-argument"]
@@ -1231,13 +1229,13 @@ async fn a_screenshot_through_the_contract_is_what_is_on_the_screen() {
     // (read again if OCR misses it once).
     let mut tries = 0;
     let settings = loop {
-        let (code, body) = server
-            .post(
-                &token,
-                "/api/v1/commands/desktop.ocr/invoke",
-                json!({"args": {"image-base64": null}}),
-            )
-            .await;
+        let (code, body) = invoke(
+            &server,
+            &token,
+            "desktop.ocr",
+            json!({"image-base64": null}),
+        )
+        .await;
         assert_eq!(code, 200, "{body}");
         let read = body["result"]["ok"].clone();
         let found = read["words"]
@@ -1260,13 +1258,7 @@ async fn a_screenshot_through_the_contract_is_what_is_on_the_screen() {
         "`Settings` at ({x}, {y}), not in the header of {status:?}"
     );
 
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/desktop.ping/invoke",
-            json!({"args": {}}),
-        )
-        .await;
+    let (code, body) = invoke(&server, &token, "desktop.ping", json!({})).await;
     assert_eq!(
         (code, body["result"].clone()),
         (200, json!("pong")),
@@ -1287,13 +1279,13 @@ async fn without_a_display_capbridge_runs_headless_as_serve() {
         server.log()
     );
     let token = server.handshake().await;
-    let (_, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/canvas.show/invoke",
-            json!({"args": {"html": "x", "position": {"x": 0, "y": 0, "width": 10, "height": 10}}}),
-        )
-        .await;
+    let (_, body) = invoke(
+        &server,
+        &token,
+        "canvas.show",
+        json!({"html": "x", "position": {"x": 0, "y": 0, "width": 10, "height": 10}}),
+    )
+    .await;
     // No screen to show an overlay on: the component's call says so.
     let why = body["error"]["details"]["unavailable"]
         .as_str()
@@ -1327,13 +1319,13 @@ async fn without_a_display_capbridge_runs_headless_as_serve() {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(&png).unwrap())
     };
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/desktop.ocr/invoke",
-            json!({"args": {"image-base64": encoded}}),
-        )
-        .await;
+    let (code, body) = invoke(
+        &server,
+        &token,
+        "desktop.ocr",
+        json!({"image-base64": encoded}),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         body["result"]["ok"]["text"], "Hello from capbridge",
@@ -1342,13 +1334,8 @@ async fn without_a_display_capbridge_runs_headless_as_serve() {
     assert_eq!(body["result"]["ok"]["words"].as_array().unwrap().len(), 3);
     // Not an image: refused, saying why.
     for (bad, why) in [("%%%", "not base64"), ("aGVsbG8=", "not a PNG")] {
-        let (code, body) = server
-            .post(
-                &token,
-                "/api/v1/commands/desktop.ocr/invoke",
-                json!({"args": {"image-base64": bad}}),
-            )
-            .await;
+        let (code, body) =
+            invoke(&server, &token, "desktop.ocr", json!({"image-base64": bad})).await;
         assert_eq!(code, 500, "{body}");
         assert!(
             body["error"]["details"]["invalid-argument"]
@@ -1359,13 +1346,13 @@ async fn without_a_display_capbridge_runs_headless_as_serve() {
     }
 
     // Nor a screen to read.
-    let (code, body) = server
-        .post(
-            &token,
-            "/api/v1/commands/desktop.screenshot/invoke",
-            json!({"args": {"region": null}}),
-        )
-        .await;
+    let (code, body) = invoke(
+        &server,
+        &token,
+        "desktop.screenshot",
+        json!({"region": null}),
+    )
+    .await;
     assert_eq!(code, 500, "{body}");
     let why = body["error"]["details"]["unavailable"]
         .as_str()
