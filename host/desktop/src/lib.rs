@@ -64,8 +64,6 @@ enum Shell {
     Show(instance::Action),
     /// The canvas service asks for an overlay change.
     Overlay(capbridge_runtime::caps::canvas::Overlay),
-    /// A choice in the tray icon's menu.
-    Tray(tray::Command),
     Quit,
 }
 
@@ -175,12 +173,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 }
                 show_overlay(&windows, &runtime);
             }
-            Event::UserEvent(Shell::Quit | Shell::Tray(tray::Command::Quit)) => {
-                *control_flow = ControlFlow::Exit
-            }
-            Event::UserEvent(Shell::Tray(tray::Command::ShowStatus)) => {
-                show_status(&windows, &tray_state, instance::Action::Open);
-            }
+            Event::UserEvent(Shell::Quit) => *control_flow = ControlFlow::Exit,
             Event::UserEvent(Shell::Show(action)) => show_status(&windows, &tray_state, action),
             Event::WindowEvent {
                 window_id,
@@ -193,15 +186,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         // Status", `osloop://focus` or starting capbridge again shows it);
                         // else minimized, so it is never out of reach.
                         let (icon, reason) = tray_report(&tray, &tokio);
-                        let into_tray = icon == TrayIcon::Shown;
-                        if into_tray {
+                        let status_window = if icon == TrayIcon::Shown {
                             windows.status.0.set_visible(false);
-                        } else {
-                            windows.status.0.set_minimized(true);
-                        }
-                        let status_window = if into_tray {
                             WindowState::Hidden
                         } else {
+                            windows.status.0.set_minimized(true);
                             WindowState::Shown
                         };
                         report_tray(

@@ -11,14 +11,7 @@ use tao::event_loop::EventLoopProxy;
 use tray_icon::menu::{Menu, MenuEvent, MenuId, MenuItem};
 use tray_icon::{TrayIcon, TrayIconBuilder};
 
-use crate::Shell;
-
-/// What the menu asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
-    ShowStatus,
-    Quit,
-}
+use crate::{instance, Shell};
 
 const SHOW_STATUS: &str = "show-status";
 const QUIT: &str = "quit";
@@ -41,7 +34,8 @@ pub const NO_TRAY: &str = "no system tray on this desktop (on GNOME, the AppIndi
                            extension adds one); closing the status window minimizes it instead";
 
 impl Tray {
-    /// Puts the icon in the tray; its menu's choices come back as [`Shell::Tray`]. Runs on the
+    /// Puts the icon in the tray; its menu's choices come back as the [`Shell`] events a
+    /// second launch (`osloop://open`) and a signal send. Runs on the
     /// main thread, after GTK is set up (the event loop does that). `icons` is a private
     /// directory the icon's image is written to (the tray host reads it from there).
     pub fn show(proxy: EventLoopProxy<Shell>, icons: &Path) -> Result<Tray, String> {
@@ -56,8 +50,8 @@ impl Tray {
         ])
         .map_err(|e| format!("the tray menu: {e}"))?;
         MenuEvent::set_event_handler(Some(move |event: MenuEvent| {
-            if let Some(command) = command(&event.id) {
-                let _ = proxy.send_event(Shell::Tray(command));
+            if let Some(shell) = chosen(&event.id) {
+                let _ = proxy.send_event(shell);
             }
         }));
         let icon = TrayIconBuilder::new()
@@ -79,28 +73,24 @@ pub async fn host_present() -> bool {
 }
 
 fn xembed_tray() -> bool {
-    let Ok(xlib) = x11_dl::xlib::Xlib::open() else {
-        return false;
-    };
-    // SAFETY: a display of our own, opened and closed here; the atom name is a C string.
-    unsafe {
-        let display = (xlib.XOpenDisplay)(std::ptr::null());
-        if display.is_null() {
-            return false;
-        }
-        let screen = (xlib.XDefaultScreen)(display);
-        let name = std::ffi::CString::new(format!("_NET_SYSTEM_TRAY_S{screen}"))
-            .expect("no NUL in the atom name");
+    use x11rb::protocol::xproto::ConnectionExt as _;
+    let ask = || -> Option<bool> {
+        let (x, screen) = x11rb::connect(None).ok()?;
+        let name = format!("_NET_SYSTEM_TRAY_S{screen}");
         // Only if it exists: no tray ever ran when nobody made the atom.
-        let atom = (xlib.XInternAtom)(display, name.as_ptr(), x11_dl::xlib::True);
-        let owner = if atom == 0 {
-            0
-        } else {
-            (xlib.XGetSelectionOwner)(display, atom)
-        };
-        (xlib.XCloseDisplay)(display);
-        owner != 0
-    }
+        let atom = x
+            .intern_atom(true, name.as_bytes())
+            .ok()?
+            .reply()
+            .ok()?
+            .atom;
+        if atom == x11rb::NONE {
+            return Some(false);
+        }
+        let owner = x.get_selection_owner(atom).ok()?.reply().ok()?.owner;
+        Some(owner != x11rb::NONE)
+    };
+    ask().unwrap_or(false)
 }
 
 async fn status_notifier_host() -> bool {
@@ -128,10 +118,11 @@ async fn status_notifier_host() -> bool {
     )
 }
 
-fn command(id: &MenuId) -> Option<Command> {
+/// What a menu item asks of the shell.
+fn chosen(id: &MenuId) -> Option<Shell> {
     match id.as_ref() {
-        SHOW_STATUS => Some(Command::ShowStatus),
-        QUIT => Some(Command::Quit),
+        SHOW_STATUS => Some(Shell::Show(instance::Action::Open)),
+        QUIT => Some(Shell::Quit),
         _ => None,
     }
 }

@@ -156,10 +156,10 @@ impl ScreenService {
         session: Option<u64>,
         png: Option<Vec<u8>>,
     ) -> Result<Text, GuestError> {
-        let source = if png.is_some() { "image" } else { "screen" };
+        let given = png.is_some();
+        let source = if given { "image" } else { "screen" };
         let mut entry = Entry::new(self, "screen.text_read", component, session);
         entry.detail = json!({ "source": source });
-        let given = png.is_some();
         let result = async {
             // Tesseract (C and C++) never parses what a guest sent: the host decodes it, within
             // limits, and hands Tesseract a grey image of its own making.
