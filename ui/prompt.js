@@ -37,11 +37,11 @@ async function load() {
     $("heading").textContent = "This prompt was answered or timed out.";
     return;
   }
-  const what = { command: "Run this command?", install: "Run this install?", "mcp-server": "Register this MCP server?" };
+  const what = { command: "Run this command?", install: "Run this install?", "mcp-server": "Register this MCP server?", automation: "Turn automation on?" };
   $("heading").textContent = what[p.kind] || "Allow this?";
   document.title = `capbridge: allow? (${p.id})`;
   $("asker").textContent = `Asked by component ${p.component}` +
-    (p.origin ? ` for the web app at ${p.origin}` : p.session ? ` for local client session ${p.session}` : "");
+    (p.origin ? ` for the web app at ${p.origin}` : p.session === 0 ? " for the desktop bridge socket" : p.session ? ` for local client session ${p.session}` : "");
   $("command").textContent = p.summary;
   fact("Program", p.programPath);
   fact("Working directory", p.cwd);

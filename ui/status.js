@@ -57,6 +57,13 @@ function renderStatus(s) {
     $("openapi-line").hidden = false;
   }
 
+  const now = Date.now();
+  const automation = s.automation.filter((a) => a.untilMs > now);
+  $("automation-card").hidden = automation.length === 0;
+  fill($("automation"), automation, "", (a) =>
+    el("li", `${a.component}, session ${a.session}, until ${new Date(a.untilMs).toLocaleTimeString()}` +
+      (a.lastActionMs ? ` (last action ${new Date(a.lastActionMs).toLocaleTimeString()})` : "")));
+
   fill($("prompts"), s.prompts, "No prompts waiting.", (p) =>
     el("li", `${p.id}: ${p.summary} (from ${p.component}) — answer in its window`));
 
@@ -138,6 +145,11 @@ function showView() {
 }
 
 $("settings").addEventListener("submit", saveSettings);
+$("stop-input").addEventListener("click", async () => {
+  await api("stop-input", { method: "POST" });
+  refresh();
+});
+
 $("retry").addEventListener("click", async () => {
   try { await api("ensure-server", { method: "POST" }); } catch (_) { /* shown by refresh */ }
   refresh();

@@ -53,15 +53,11 @@ fn xtask() -> anyhow::Result<()> {
             // (unshare). The MCP tests start real MCP servers from npm (node, npm).
             // The desktop shell's tests run an X server (Xvfb) with a window manager (openbox),
             // a system tray (trayer) and a notification service (notification-daemon), take
-            // screenshots (ImageMagick), read them (tesseract) and click (xdotool).
+            // screenshots (ImageMagick), read them (tesseract) and click (xdotool); the screen and
+            // input tests add the accessibility bus and a GTK application.
             ensure_packages(BUILD_PACKAGES)?;
+            ensure_packages(DESKTOP_TEST_PACKAGES)?;
             ensure_packages(&[
-                ("Xvfb", "xvfb"),
-                ("openbox", "openbox"),
-                ("xdotool", "xdotool"),
-                ("wmctrl", "wmctrl"),
-                ("xprop", "x11-utils"),
-                ("import", "imagemagick"),
                 ("tesseract", "tesseract-ocr"),
                 (
                     "file:/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -76,7 +72,6 @@ fn xtask() -> anyhow::Result<()> {
                 ("chromium", "chromium"),
                 ("curl", "curl"),
                 ("jq", "jq"),
-                ("dbus-daemon", "dbus-daemon"),
                 ("git", "git"),
                 ("script", "bsdutils"),
                 ("setpriv", "util-linux"),
@@ -115,7 +110,26 @@ fn xtask() -> anyhow::Result<()> {
             build_guests(&root)?;
             run(cargo()
                 .args(["bench", "--package", "capbridge-tests"])
-                .args(&args[1..]))
+                .args(&args[1..]))?;
+            if args.len() == 1 {
+                // Screen and input, on a 1920x1080 Xvfb with the GTK test app: a release build
+                // of the desktop test binary runs its ignored benchmark.
+                ensure_packages(BUILD_PACKAGES)?;
+                ensure_packages(DESKTOP_TEST_PACKAGES)?;
+                run(cargo().args([
+                    "test",
+                    "--release",
+                    "--package",
+                    "capbridge",
+                    "--test",
+                    "all",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                    "benchmark_screen_and_input",
+                ]))?;
+            }
+            Ok(())
         }
         Some("bless") => {
             for (package, test) in [
@@ -210,6 +224,22 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
     ),
     // The desktop component's OCR (`desktop.ocr`), with Debian's English data.
     ("tesseract", "tesseract-ocr"),
+];
+
+/// What the desktop tests and the screen-and-input benchmark need beyond the build: an X
+/// server with a window manager, a session bus, and the accessibility bus with a GTK
+/// application (python3-gi) to drive.
+const DESKTOP_TEST_PACKAGES: &[(&str, &str)] = &[
+    ("Xvfb", "xvfb"),
+    ("openbox", "openbox"),
+    ("xdotool", "xdotool"),
+    ("wmctrl", "wmctrl"),
+    ("xprop", "x11-utils"),
+    ("import", "imagemagick"),
+    ("dbus-daemon", "dbus-daemon"),
+    ("file:/usr/libexec/at-spi-bus-launcher", "at-spi2-core"),
+    ("deb:python3-gi", "python3-gi"),
+    ("deb:gir1.2-gtk-3.0", "gir1.2-gtk-3.0"),
 ];
 
 /// Installs missing Debian packages (`(command, package)`, `("lib:module", package)` for a

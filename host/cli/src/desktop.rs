@@ -57,6 +57,7 @@ pub fn run(
     }
     let tokio = tokio::runtime::Runtime::new()?;
     let state_dir = config.state_dir.clone();
+    let bridge_socket_path = args.bridge_socket.clone();
     let prepared = crate::prepare(config, config_path, args, &tokio)?;
     let watcher = {
         let _guard = tokio.enter();
@@ -66,11 +67,16 @@ pub fn run(
         // `capbridge prompts` answers here too, as with `serve`.
         Ok(listener) => {
             let port = listener.local_addr()?.port();
-            let approvals = prepared.runtime.approvals().clone();
-            tokio.block_on(crate::prompts::answer_on_socket(port, approvals))?;
+            tokio.block_on(crate::prompts::answer_on_socket(port, &prepared.runtime))?;
         }
         Err(e) => println!("capbridge: not listening: {e}"),
     }
+    // Seed 001's desktop bridge answers as long as the shell runs (the process ends with it).
+    let bridge_socket = tokio.block_on(crate::bridge_socket::answer_on_socket(
+        bridge_socket_path,
+        prepared.runtime.clone(),
+    ));
+    std::mem::forget(bridge_socket);
     // Lives as long as the shell: the shell's event loop ends the process.
     std::mem::forget(watcher);
     capbridge_desktop::run(capbridge_desktop::Options {

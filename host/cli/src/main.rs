@@ -17,9 +17,11 @@ use capbridge_runtime::{
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod bridge_socket;
 mod desktop;
 mod prompts;
 mod replay;
+mod unix_socket;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
@@ -66,6 +68,10 @@ struct ServeArgs {
     /// (`DIR/<component>/<time>-<function>-<random>.trace.json`), to replay with `capbridge replay`.
     #[arg(long, value_name = "DIR", env = "CAPBRIDGE_RECORD")]
     record: Option<PathBuf>,
+    /// Answer seed 001's desktop bridge (JSON-RPC) on this Unix socket [default:
+    /// $XDG_RUNTIME_DIR/capbridge/desktop-bridge.sock, else ~/.capbridge/bridge.sock]
+    #[arg(long, value_name = "PATH", env = "CAPBRIDGE_BRIDGE_SOCKET")]
+    bridge_socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +135,13 @@ enum Command {
         port: Option<u16>,
         #[command(subcommand)]
         command: PromptsCommand,
+    },
+    /// Stop all automation at once: every component's mouse and keyboard input on the running
+    /// capbridge turns off (a running drag stops), until a person turns it on again.
+    StopInput {
+        /// The port of the bridge [default: the config's port]
+        #[arg(long)]
+        port: Option<u16>,
     },
 }
 
@@ -416,6 +429,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             answer_prompts(port, command)
         }
+        Command::StopInput { port } => {
+            let port = match port {
+                Some(port) => port,
+                None => BridgeConfig::load_or_create(&config_file?)?.port,
+            };
+            stop_input(port)
+        }
         Command::Config(command) => {
             let path = config_file?;
             let mut bridge = BridgeConfig::load_or_create(&path)?;
@@ -486,6 +506,7 @@ fn keep_files_private() {
 fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     keep_files_private();
     let tokio = tokio::runtime::Runtime::new()?;
+    let bridge_socket_path = args.bridge_socket.clone();
     let Prepared {
         bridge,
         listener,
@@ -512,8 +533,9 @@ fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::
         let server = Server::start(listener, runtime.clone(), bridge, options)?;
         // Components and policies dropped in, changed or removed take effect without a restart.
         let _watcher = runtime.watch()?;
-        let (socket, answering) =
-            prompts::answer_on_socket(server.addr().port(), runtime.approvals().clone()).await?;
+        let (socket, answering) = prompts::answer_on_socket(server.addr().port(), &runtime).await?;
+        let bridge_socket =
+            bridge_socket::answer_on_socket(bridge_socket_path, runtime.clone()).await;
         prompts::ask_in_terminal(runtime.approvals().clone());
         println!("capbridge listening on http://{}", server.addr());
         println!(
@@ -530,6 +552,12 @@ fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::
             server.addr().port(),
             socket.display()
         );
+        if let Some(bridge) = &bridge_socket {
+            println!(
+                "  desktop bridge (JSON-RPC): {}; `capbridge stop-input` stops all automation",
+                bridge.path.display()
+            );
+        }
         println!("  Ctrl-C or SIGTERM to stop");
         let mut events = runtime.events().subscribe();
         loop {
@@ -545,10 +573,27 @@ fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::
         drop(events);
         answering.abort();
         let _ = std::fs::remove_file(&socket);
+        drop(bridge_socket);
         server.shutdown(capbridge_api::SHUTDOWN_GRACE).await?;
         println!("capbridge: stopped");
         anyhow::Ok(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `capbridge stop-input`: all automation off, over the prompt socket of the bridge on `port`.
+fn stop_input(port: u16) -> anyhow::Result<ExitCode> {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let response = tokio.block_on(prompts::ask(port, &prompts::Request::StopInput))?;
+    if !response.ok {
+        anyhow::bail!("{}", response.error.unwrap_or_default());
+    }
+    match response.stopped.unwrap_or(0) {
+        0 => println!("automation was off; it stays off until a person turns it on again"),
+        n => println!("automation stopped ({n} on); a component must ask a person again"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,19 +3,21 @@
 //! the same user, over a Unix socket that checks the caller's user id (`SO_PEERCRED`). Neither
 //! is reachable through the localhost contract.
 //!
-//! The socket speaks one JSON line each way per connection: `{"op": "list"}` or `{"op":
-//! "decide", "id": "req-1", "decision": "allow_once" | "allow_and_whitelist" | "reject"}`,
-//! answered by `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
+//! The socket speaks one JSON line each way per connection: `{"op": "list"}`, `{"op":
+//! "decide", "id": "req-1", "decision": "allow_once" | "allow_and_whitelist" | "reject"}` or
+//! `{"op": "stop_input"}` (`capbridge stop-input`: all automation off at once), answered by
+//! `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use capbridge_runtime::approvals::{Approvals, DecideError, Decider, Decision, Prompt};
+use capbridge_runtime::caps::input::InputService;
+use capbridge_runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -44,6 +46,7 @@ pub fn socket_path(port: u16) -> PathBuf {
 pub enum Request {
     List,
     Decide { id: String, decision: Decision },
+    StopInput,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -55,6 +58,9 @@ pub struct Response {
     pub prompts: Option<Vec<Prompt>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<Prompt>,
+    /// How many automations `stop_input` turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<usize>,
 }
 
 impl Response {
@@ -64,71 +70,60 @@ impl Response {
             error: Some(message.into()),
             prompts: None,
             prompt: None,
+            stopped: None,
+        }
+    }
+
+    fn ok() -> Self {
+        Self {
+            ok: true,
+            error: None,
+            prompts: None,
+            prompt: None,
+            stopped: None,
         }
     }
 }
 
-/// Binds the prompt socket: its directory is created `0700` (or must already be this user's and
-/// `0700`), a stale socket of a bridge that is gone is replaced, a live one is an error.
-pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    let dir = path.parent().context("socket path has a directory")?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let meta = std::fs::metadata(dir)?;
-    let uid = rustix::process::getuid().as_raw();
-    anyhow::ensure!(
-        meta.uid() == uid && meta.permissions().mode() & 0o077 == 0,
-        "{} must belong to you and be private (mode 0700) to hold the prompt socket",
-        dir.display()
-    );
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            anyhow::bail!(
-                "another capbridge answers prompts at {} (same port?)",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// Binds the prompt socket of the bridge on `port` and answers on it: the socket's path, and
-/// the task (abort it to stop).
+/// Binds the prompt socket of the bridge on `port` and answers on it for `runtime`'s prompts
+/// and automation: the socket's path, and the task (abort it to stop).
 pub async fn answer_on_socket(
     port: u16,
-    approvals: Approvals,
+    runtime: &Runtime,
 ) -> anyhow::Result<(PathBuf, tokio::task::JoinHandle<()>)> {
     let socket = socket_path(port);
-    let listener = bind(&socket).await?;
-    Ok((socket, tokio::spawn(serve_socket(listener, approvals))))
+    let listener = crate::unix_socket::bind(&socket).await?;
+    let faces = Faces {
+        approvals: runtime.approvals().clone(),
+        input: runtime.service::<InputService>(),
+    };
+    Ok((socket, tokio::spawn(serve_socket(listener, faces))))
 }
 
-/// Answers `capbridge prompts` on `listener` until the task is dropped.
-pub async fn serve_socket(listener: UnixListener, approvals: Approvals) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let approvals = approvals.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, answer(stream, &approvals)).await;
-            drop(permit);
-        });
-    }
+/// What the prompt socket answers for.
+#[derive(Clone)]
+pub struct Faces {
+    pub approvals: Approvals,
+    pub input: Option<Arc<InputService>>,
 }
 
-async fn answer(stream: UnixStream, approvals: &Approvals) -> std::io::Result<()> {
+/// Answers `capbridge prompts` and `capbridge stop-input` on `listener` until the task is
+/// dropped.
+pub async fn serve_socket(listener: UnixListener, faces: Faces) {
+    crate::unix_socket::serve(
+        listener,
+        MAX_CONNECTIONS,
+        CONNECTION_TIMEOUT,
+        move |stream| {
+            let faces = faces.clone();
+            async move { answer(stream, &faces).await }
+        },
+    )
+    .await
+}
+
+async fn answer(stream: UnixStream, faces: &Faces) -> std::io::Result<()> {
+    let approvals = &faces.approvals;
     let me = rustix::process::getuid().as_raw();
     let peer = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
@@ -145,18 +140,18 @@ async fn answer(stream: UnixStream, approvals: &Approvals) -> std::io::Result<()
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("not a prompt request: {e}")),
             Ok(Request::List) => Response {
-                ok: true,
-                error: None,
                 prompts: Some(approvals.pending()),
-                prompt: None,
+                ..Response::ok()
+            },
+            Ok(Request::StopInput) => Response {
+                stopped: Some(faces.input.as_ref().map_or(0, |input| input.stop_all())),
+                ..Response::ok()
             },
             Ok(Request::Decide { id, decision }) => {
                 match approvals.decide(&id, decision, Decider::PromptsCli) {
                     Ok(prompt) => Response {
-                        ok: true,
-                        error: None,
-                        prompts: None,
                         prompt: Some(prompt),
+                        ..Response::ok()
                     },
                     Err(e) => Response::error(e.to_string()),
                 }
@@ -204,6 +199,7 @@ pub fn describe(prompt: &Prompt) -> String {
                 "register MCP server `{}`",
                 prompt.server_id.as_deref().unwrap_or_default()
             ),
+            "automation" => "turn automation on".to_string(),
             _ => "run a command".to_string(),
         },
         prompt.id,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use capbridge_runtime::approvals::{Decider, Decision};
 use capbridge_runtime::audit::Query;
 use capbridge_runtime::caps::awake::AwakeService;
+use capbridge_runtime::caps::input::InputService;
 use capbridge_runtime::{ComponentStatus, Runtime};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -112,6 +113,12 @@ impl App {
                     .map(|port| json!({ "boundPort": port }))
                     .map_err(|e| (StatusCode::CONFLICT, e)),
             ),
+            (&Method::POST, "stop-input") => reply(Ok(json!({
+                "stopped": self
+                    .runtime
+                    .service::<InputService>()
+                    .map_or(0, |input| input.stop_all()),
+            }))),
             (&Method::GET, path) if path.starts_with("prompts/") => {
                 let id = &path["prompts/".len()..];
                 reply(match self.runtime.approvals().get(id) {
@@ -193,6 +200,11 @@ impl App {
             "awakeHolds": holds,
             "commandRuns": runs,
             "prompts": self.runtime.approvals().pending(),
+            "automation": self
+                .runtime
+                .service::<InputService>()
+                .map(|input| input.active())
+                .unwrap_or_default(),
             "configPath": self.settings.path().display().to_string(),
         })
     }

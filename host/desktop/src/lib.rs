@@ -15,6 +15,7 @@ use capbridge_api::tray::{TrayIcon, TrayState, WindowState};
 use capbridge_api::BridgeConfig;
 use capbridge_runtime::approvals::Decision;
 use capbridge_runtime::caps::canvas::CanvasService;
+use capbridge_runtime::caps::input::InputService;
 use capbridge_runtime::Runtime;
 use tao::event::{Event, WindowEvent};
 use tao::event_loop::{ControlFlow, EventLoopBuilder, EventLoopProxy, EventLoopWindowTarget};
@@ -64,6 +65,8 @@ enum Shell {
     Show(instance::Action),
     /// The canvas service asks for an overlay change.
     Overlay(capbridge_runtime::caps::canvas::Overlay),
+    /// The tray menu's "Stop automation".
+    StopInput,
     Quit,
 }
 
@@ -172,6 +175,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                     overlay.apply(change);
                 }
                 show_overlay(&windows, &runtime);
+            }
+            Event::UserEvent(Shell::StopInput) => {
+                if let Some(input) = runtime.service::<InputService>() {
+                    input.stop_all();
+                }
             }
             Event::UserEvent(Shell::Quit) => *control_flow = ControlFlow::Exit,
             Event::UserEvent(Shell::Show(action)) => show_status(&windows, &tray_state, action),

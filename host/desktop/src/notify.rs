@@ -186,6 +186,7 @@ fn text(prompt: &Prompt, origin: Option<&str>) -> (String, String) {
         "command" => "capbridge: run this command?",
         "install" => "capbridge: run this install?",
         "mcp-server" => "capbridge: register this MCP server?",
+        "automation" => "capbridge: let a component control the mouse and keyboard?",
         _ => "capbridge: allow this?",
     };
     let what = match (&prompt.server_id, &prompt.program_path) {

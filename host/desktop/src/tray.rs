@@ -1,4 +1,5 @@
-//! The tray icon of tray mode (seed 000): the menu "Show Status" and "Quit". Made through
+//! The tray icon of tray mode (seed 000): the menu "Show Status", "Stop automation" (issue 14:
+//! stops every component's input at once) and "Quit". Made through
 //! libayatana-appindicator (as Tauri's is): a StatusNotifierItem where the desktop hosts them
 //! (KDE, GNOME with the AppIndicator extension, XFCE), else an icon in an XEmbed system tray.
 //! Whether any tray shows it is asked separately ([`host_present`]): the library makes the icon
@@ -14,6 +15,7 @@ use tray_icon::{TrayIcon, TrayIconBuilder};
 use crate::{instance, Shell};
 
 const SHOW_STATUS: &str = "show-status";
+const STOP_INPUT: &str = "stop-input";
 const QUIT: &str = "quit";
 
 /// The icon, while it is in the tray.
@@ -46,6 +48,7 @@ impl Tray {
         let menu = Menu::new();
         menu.append_items(&[
             &MenuItem::with_id(SHOW_STATUS, "Show Status", true, None),
+            &MenuItem::with_id(STOP_INPUT, "Stop automation", true, None),
             &MenuItem::with_id(QUIT, "Quit", true, None),
         ])
         .map_err(|e| format!("the tray menu: {e}"))?;
@@ -122,6 +125,7 @@ async fn status_notifier_host() -> bool {
 fn chosen(id: &MenuId) -> Option<Shell> {
     match id.as_ref() {
         SHOW_STATUS => Some(Shell::Show(instance::Action::Open)),
+        STOP_INPUT => Some(Shell::StopInput),
         QUIT => Some(Shell::Quit),
         _ => None,
     }

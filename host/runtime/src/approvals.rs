@@ -127,7 +127,12 @@ pub enum DecideError {
     NotFound(String),
     #[error("prompt `{0}` cannot be whitelisted (installs and MCP server registrations are approved one at a time); allow once or reject")]
     NotWhitelistable(String),
+    #[error("prompt `{0}` is for the person alone (turning automation on): answer it in its window, the terminal running capbridge, or with `capbridge prompts`")]
+    PersonOnly(String),
 }
+
+/// Kinds of prompt only the person answers: never the web app, even with `web-approvals`.
+pub const PERSON_ONLY_KINDS: &[&str] = &["automation"];
 
 /// Why a prompt could not be shown.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -261,9 +266,12 @@ impl Approvals {
                 .find(|(_, p)| p.prompt.id == id)
                 .map(|(key, _)| *key)
                 .ok_or_else(|| DecideError::NotFound(id.to_string()))?;
-            if decision == Decision::AllowAndWhitelist && !inner.pending[&key].prompt.whitelistable
-            {
+            let prompt = &inner.pending[&key].prompt;
+            if decision == Decision::AllowAndWhitelist && !prompt.whitelistable {
                 return Err(DecideError::NotWhitelistable(id.to_string()));
+            }
+            if by == Decider::WebApp && PERSON_ONLY_KINDS.contains(&prompt.kind.as_str()) {
+                return Err(DecideError::PersonOnly(id.to_string()));
             }
             inner.pending.remove(&key).expect("found above")
         };
@@ -349,6 +357,27 @@ mod tests {
             created_at_ms: 0,
             expires_at_ms: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn the_web_app_never_turns_automation_on() {
+        let approvals = Approvals::default();
+        let automation = Prompt {
+            kind: "automation".into(),
+            whitelistable: false,
+            ..prompt(Some(1), false)
+        };
+        let (shown, answer) = approvals.ask(automation).unwrap();
+        assert_eq!(
+            approvals.decide(&shown.id, Decision::AllowOnce, Decider::WebApp),
+            Err(DecideError::PersonOnly(shown.id.clone()))
+        );
+        // Still waiting for the person, who answers.
+        assert_eq!(approvals.pending().len(), 1);
+        approvals
+            .decide(&shown.id, Decision::AllowOnce, Decider::PromptsCli)
+            .unwrap();
+        assert_eq!(answer.await.by, Decider::PromptsCli);
     }
 
     #[tokio::test]

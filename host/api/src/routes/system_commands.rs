@@ -461,6 +461,9 @@ pub async fn resolve(
             DecideError::NotWhitelistable(_) => {
                 ApiError::bad_request("invalid_request", e.to_string())
             }
+            DecideError::PersonOnly(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
         })?;
     Ok(Json(Resolved {
         request_id,

@@ -21,12 +21,12 @@ use crate::capabilities::{Bus, Events, Install, Server, PATIENCE};
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An X server with a window manager, and a session bus, for one test; stopped when dropped.
-struct Desktop {
+pub(crate) struct Desktop {
     xvfb: Child,
     wm: Child,
-    bus: Bus,
-    display: String,
-    shots: PathBuf,
+    pub(crate) bus: Bus,
+    pub(crate) display: String,
+    pub(crate) shots: PathBuf,
     taken: std::cell::Cell<usize>,
     /// Held while the test runs (dropped last).
     _turn: tokio::sync::MutexGuard<'static, ()>,
@@ -34,7 +34,7 @@ struct Desktop {
 
 /// A word on the screen, where it is (screen coordinates of its box).
 #[derive(Clone, Debug)]
-struct Word {
+pub(crate) struct Word {
     /// Tesseract's block, paragraph and line: words with the same key are on one line.
     line: (u32, u32, u32),
     text: String,
@@ -45,28 +45,33 @@ struct Word {
 }
 
 impl Word {
-    fn center(&self) -> (i32, i32) {
+    pub(crate) fn center(&self) -> (i32, i32) {
         (self.x + self.width / 2, self.y + self.height / 2)
     }
 }
 
 /// A window's place on the screen.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Geometry {
-    x: i32,
-    y: i32,
-    width: i32,
-    height: i32,
+pub(crate) struct Geometry {
+    pub(crate) x: i32,
+    pub(crate) y: i32,
+    pub(crate) width: i32,
+    pub(crate) height: i32,
 }
 
 impl Desktop {
     /// Waits for its turn, then starts the X server, the window manager and the bus.
-    async fn start(test: &str) -> Desktop {
-        let turn = TURN.lock().await;
-        tokio::task::block_in_place(|| Self::start_now(test, turn))
+    pub(crate) async fn start(test: &str) -> Desktop {
+        Self::start_sized(test, "1280x900x24").await
     }
 
-    fn start_now(test: &str, turn: tokio::sync::MutexGuard<'static, ()>) -> Desktop {
+    /// [`Desktop::start`] with a screen of `screen` (`WIDTHxHEIGHTxDEPTH`).
+    pub(crate) async fn start_sized(test: &str, screen: &str) -> Desktop {
+        let turn = TURN.lock().await;
+        tokio::task::block_in_place(|| Self::start_now(test, screen, turn))
+    }
+
+    fn start_now(test: &str, screen: &str, turn: tokio::sync::MutexGuard<'static, ()>) -> Desktop {
         for tool in [
             "Xvfb",
             "openbox",
@@ -92,7 +97,7 @@ impl Desktop {
                 "1",
                 "-screen",
                 "0",
-                "1280x900x24",
+                screen,
                 "-nolisten",
                 "tcp",
             ])
@@ -145,7 +150,7 @@ impl Desktop {
     }
 
     /// The environment capbridge needs to show windows here.
-    fn env(&self) -> Vec<(&str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&str, String)> {
         vec![
             ("DISPLAY", self.display.clone()),
             ("GDK_BACKEND", "x11".into()),
@@ -155,7 +160,12 @@ impl Desktop {
     }
 
     /// Starts the desktop shell (`capbridge ARGS`) for `install`, with `extra` environment.
-    fn capbridge(&self, install: &Install, extra: &[(&str, &str)], args: &[&str]) -> Server {
+    pub(crate) fn capbridge(
+        &self,
+        install: &Install,
+        extra: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         // The compile cache the other tests share: a first start here compiles nothing.
         if !install.cache().is_symlink() {
             std::fs::remove_dir(install.cache()).expect("empty cache dir");
@@ -169,12 +179,12 @@ impl Desktop {
     }
 
     /// The desktop shell on any free port, for `install`.
-    fn shell(&self, install: &Install) -> Server {
+    pub(crate) fn shell(&self, install: &Install) -> Server {
         tokio::task::block_in_place(|| self.capbridge(install, &[], &["--port", "0"]))
     }
 
     /// Runs an X client on this display; its stdout.
-    fn x(&self, command: &[&str]) -> String {
+    pub(crate) fn x(&self, command: &[&str]) -> String {
         let output = Command::new(command[0])
             .args(&command[1..])
             .env("DISPLAY", &self.display)
@@ -186,7 +196,7 @@ impl Desktop {
     }
 
     /// Saves a screenshot of the whole screen as `NN-name.png`; its path.
-    fn screenshot(&self, name: &str) -> PathBuf {
+    pub(crate) fn screenshot(&self, name: &str) -> PathBuf {
         self.taken.set(self.taken.get() + 1);
         let path = self
             .shots
@@ -197,7 +207,7 @@ impl Desktop {
     }
 
     /// The window whose title contains `title`, once it is shown.
-    fn window(&self, title: &str) -> Geometry {
+    pub(crate) fn window(&self, title: &str) -> Geometry {
         let mut found = None;
         // Shown, and in place on the screen (a window coming back from being minimized is
         // mapped before the window manager moves it back).
@@ -214,13 +224,13 @@ impl Desktop {
     }
 
     /// Where capbridge's window whose title contains `title` is, while it is shown.
-    fn geometry(&self, title: &str) -> Option<Geometry> {
+    pub(crate) fn geometry(&self, title: &str) -> Option<Geometry> {
         self.placed(&self.window_id(title)?)
     }
 
     /// capbridge's shown window whose title contains `title` (not its tray icon, whose class
     /// is the tray library's).
-    fn window_id(&self, title: &str) -> Option<String> {
+    pub(crate) fn window_id(&self, title: &str) -> Option<String> {
         let ids = self.x(&[
             "xdotool",
             "search",
@@ -234,13 +244,13 @@ impl Desktop {
     }
 
     /// Where the first shown window `xdotool search SEARCH` finds is.
-    fn found(&self, search: &[&str]) -> Option<Geometry> {
+    pub(crate) fn found(&self, search: &[&str]) -> Option<Geometry> {
         let ids = self.x(&[&["xdotool", "search", "--onlyvisible"], search].concat());
         self.placed(ids.lines().next()?.trim())
     }
 
     /// Where window `id` is on the screen.
-    fn placed(&self, id: &str) -> Option<Geometry> {
+    pub(crate) fn placed(&self, id: &str) -> Option<Geometry> {
         // xwininfo: xdotool's getwindowgeometry counts the frame's offset twice under a
         // reparenting window manager.
         let info = self.x(&["xwininfo", "-id", id]);
@@ -261,7 +271,7 @@ impl Desktop {
 
     /// The words in `area` of the screen now (OCR of a fresh screenshot, enlarged `scale`
     /// times).
-    fn read(&self, area: Geometry, scale: i32) -> Vec<Word> {
+    pub(crate) fn read(&self, area: Geometry, scale: i32) -> Vec<Word> {
         let dir = tempfile::tempdir().expect("temp dir");
         let shot = dir.path().join("screen.png");
         let big = dir.path().join("area.png");
@@ -314,7 +324,7 @@ impl Desktop {
     }
 
     /// Waits until `phrase` appears in `area`, within one line of text; the word it starts in.
-    fn find(&self, area: Geometry, phrase: &str) -> Word {
+    pub(crate) fn find(&self, area: Geometry, phrase: &str) -> Word {
         let start = Instant::now();
         let mut tries = 0;
         let seen = loop {
@@ -340,7 +350,7 @@ impl Desktop {
     }
 
     /// Waits until `xdotool search SEARCH` finds a shown window; where it is.
-    fn wait_for_window(&self, what: &str, search: &[&str]) -> Geometry {
+    pub(crate) fn wait_for_window(&self, what: &str, search: &[&str]) -> Geometry {
         let mut found = None;
         self.wait_for(what, || {
             found = self.found(search);
@@ -351,7 +361,7 @@ impl Desktop {
 
     /// Asks the window manager to close capbridge's window titled `title`, as its close button
     /// does (`_NET_CLOSE_WINDOW`: the window manager asks the window to close).
-    fn close(&self, title: &str) {
+    pub(crate) fn close(&self, title: &str) {
         self.window(title);
         let id = self.window_id(title).expect("the window");
         self.x(&["wmctrl", "-i", "-c", &id]);
@@ -359,7 +369,7 @@ impl Desktop {
 
     /// A system tray (trayer: an XEmbed tray, as in many panels) at the bottom right of the
     /// screen; stopped when dropped.
-    fn tray_host(&self) -> Running {
+    pub(crate) fn tray_host(&self) -> Running {
         let tray = Running(
             Command::new("trayer")
                 .args([
@@ -385,7 +395,7 @@ impl Desktop {
 
     /// The freedesktop notification service (Debian's notification-daemon) on this desktop's
     /// bus; stopped when dropped.
-    fn notification_daemon(&self) -> Running {
+    pub(crate) fn notification_daemon(&self) -> Running {
         Running(
             Command::new("/usr/lib/notification-daemon/notification-daemon")
                 .envs(self.env())
@@ -403,7 +413,7 @@ impl Desktop {
     }
 
     /// Opens the tray icon's menu; the part of the screen it shows in.
-    fn open_tray_menu(&self) -> Geometry {
+    pub(crate) fn open_tray_menu(&self) -> Geometry {
         let icon = self.wait_for_window(
             "capbridge's tray icon",
             &["--classname", "^tray-icon tray app capbridge$"],
@@ -420,7 +430,7 @@ impl Desktop {
         }
     }
 
-    fn click(&self, (x, y): (i32, i32)) {
+    pub(crate) fn click(&self, (x, y): (i32, i32)) {
         self.x(&[
             "xdotool",
             "mousemove",
@@ -432,11 +442,11 @@ impl Desktop {
     }
 
     /// Waits until no window titled `title` is shown.
-    fn wait_until_gone(&self, what: &str, title: &str) {
+    pub(crate) fn wait_until_gone(&self, what: &str, title: &str) {
         self.wait_for(what, || self.geometry(title).is_none());
     }
 
-    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+    pub(crate) fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         while !done() {
             assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
@@ -646,12 +656,12 @@ async fn a_remote_link_opens_in_the_browser_and_the_window_stays() {
 }
 
 /// The title of the prompt window of prompt `request` (`req-3`).
-fn prompt_title(request: &str) -> String {
+pub(crate) fn prompt_title(request: &str) -> String {
     format!("allow? ({request})")
 }
 
 /// Invokes command `name` (`component.export`) through the contract with `args`.
-async fn invoke(
+pub(crate) async fn invoke(
     server: &Server,
     token: &str,
     name: &str,
@@ -933,7 +943,7 @@ async fn url_scheme_reaches_the_running_shell_and_ensure_server_never_moves() {
 }
 
 /// A process the test started, killed when dropped.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -1123,7 +1133,12 @@ async fn a_screenshot_through_the_contract_is_what_is_on_the_screen() {
     let install = Install::everything_shipped();
     let server = desktop.shell(&install);
     let token = server.handshake().await;
-    let status = tokio::task::block_in_place(|| desktop.window("capbridge"));
+    let status = tokio::task::block_in_place(|| {
+        let status = desktop.window("capbridge");
+        // Painted: the header's words show (a window is mapped before WebKit paints it).
+        desktop.find(status, "Settings");
+        status
+    });
     // The window's header: a part of the screen that does not change while the test runs.
     let (width, height) = (300, 60);
     let region = json!({"x": status.x, "y": status.y, "width": width, "height": height});

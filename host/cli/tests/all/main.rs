@@ -1,6 +1,7 @@
 //! The `capbridge` binary's tests, in one test binary (as wasmtime's `tests/all`): every module
 //! runs the real `capbridge` binary (`CARGO_BIN_EXE_capbridge`) as a child process.
 
+mod automation;
 mod capabilities;
 mod cli;
 mod commands;

@@ -16,10 +16,13 @@
 //! Adding a capability: a module here, its interface in `wit/host.wit`, and one line in [`ALL`]
 //! (see docs/architecture.md).
 
+pub mod accessibility;
 pub mod awake;
 pub mod canvas;
 pub mod dialog;
+mod display;
 pub mod events;
+pub mod input;
 pub mod log;
 pub mod mcp;
 pub mod network;
@@ -68,6 +71,8 @@ pub static ALL: &[&dyn Capability] = &[
     &mcp::Mcp,
     &canvas::Canvas,
     &screen::Screen,
+    &accessibility::Accessibility,
+    &input::Input,
 ];
 
 /// The policy halves of [`ALL`], for reading policy files.

@@ -509,6 +509,36 @@ mod policy {
         assert!(not_granted.contains("no native pickers"), "{not_granted}");
         assert!(not_granted.contains("no system facts"), "{not_granted}");
     }
+    #[test]
+    fn screen_accessibility_and_input_are_risks_granted_only_when_written() {
+        let p = ok("version = 1");
+        for key in ["screen", "accessibility", "input"] {
+            assert!(!p.grants_key(key), "{key}");
+        }
+        let not_granted = p.explain().not_granted.join("\n");
+        assert!(
+            not_granted.contains("no clicks, no typing"),
+            "{not_granted}"
+        );
+        assert!(
+            not_granted.contains("no accessibility tree"),
+            "{not_granted}"
+        );
+        let p = ok("version = 1\n[grants]\naccessibility = true\ninput = true\n");
+        assert!(p.grants_key("accessibility") && p.grants_key("input"));
+        let risks: Vec<String> = p.explain().risks().map(|l| l.text.clone()).collect();
+        assert!(
+            risks
+                .iter()
+                .any(|r| r.contains("move the mouse") && r.contains("turns automation on")),
+            "{risks:?}"
+        );
+        assert!(
+            risks.iter().any(|r| r.contains("accessibility tree")),
+            "{risks:?}"
+        );
+        assert!(syntax_error("version = 1\n[grants]\ninput = \"yes\"\n").contains("input"));
+    }
 }
 
 mod explain {

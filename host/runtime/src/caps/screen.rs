@@ -560,26 +560,10 @@ mod x11 {
 
     /// The screen, or `region` of it, read from the X server of `DISPLAY`: RGB pixels.
     pub fn grab(region: Option<Region>) -> Result<(Vec<u8>, Pixels), GuestError> {
-        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-        // Under Wayland, DISPLAY is XWayland's, whose screen holds only the X windows: the
-        // picture would be wrong, not missing.
-        if set("WAYLAND_DISPLAY") || std::env::var("XDG_SESSION_TYPE").is_ok_and(|t| t == "wayland")
-        {
-            return Err(GuestError::Unavailable(
-                "this is a Wayland session: screen capture through the ScreenCast portal is not \
-                 supported yet (X11 sessions only)"
-                    .into(),
-            ));
-        }
-        if !set("DISPLAY") {
-            return Err(GuestError::Unavailable(
-                "no display: capbridge runs without one (DISPLAY is not set)".into(),
-            ));
-        }
         let unavailable = |e: &dyn std::fmt::Display| {
             GuestError::Unavailable(format!("cannot read the screen: {e}"))
         };
-        let (connection, screen) = x11rb::connect(None).map_err(|e| unavailable(&e))?;
+        let (connection, screen) = super::super::display::connect("read the screen")?;
         let setup = connection.setup();
         let root = &setup.roots[screen];
         let area = pixels(region, root.width_in_pixels, root.height_in_pixels)?;
