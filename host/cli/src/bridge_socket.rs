@@ -110,65 +110,96 @@ async fn answer(stream: UnixStream, runtime: &Runtime) -> std::io::Result<()> {
     let me = rustix::process::getuid().as_raw();
     let peer = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
-    let mut line = Vec::new();
-    let mut reader = BufReader::new(read.take(MAX_LINE_BYTES + 1));
-    reader.read_until(b'\n', &mut line).await?;
     let response = if peer != me {
+        // Refused before anything is read.
         tracing::warn!(target: "capbridge::audit", peer_uid = peer, "desktop bridge socket: refused a caller of another user");
-        error(
+        Some(error(
             Value::Null,
             BRIDGE_ERROR,
             "this socket answers only its own user",
-        )
-    } else if line.len() as u64 > MAX_LINE_BYTES {
-        error(
-            Value::Null,
-            INVALID_REQUEST,
-            &format!("the request is longer than {MAX_LINE_BYTES} bytes"),
-        )
+        ))
     } else {
-        respond(&line, runtime).await
+        let mut line = Vec::new();
+        let mut reader = BufReader::new(read.take(MAX_LINE_BYTES + 1));
+        reader.read_until(b'\n', &mut line).await?;
+        if line.len() as u64 > MAX_LINE_BYTES {
+            Some(error(
+                Value::Null,
+                INVALID_REQUEST,
+                &format!("Invalid Request: longer than {MAX_LINE_BYTES} bytes"),
+            ))
+        } else {
+            respond(&line, runtime).await
+        }
     };
-    let mut out = serde_json::to_vec(&response).expect("JSON");
-    out.push(b'\n');
-    write.write_all(&out).await?;
+    if let Some(response) = response {
+        let mut out = serde_json::to_vec(&response).expect("JSON");
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
     write.shutdown().await
 }
 
-/// The response to one request line.
-async fn respond(line: &[u8], runtime: &Runtime) -> Value {
+/// The response to one request line; none for a notification (a request without `id`, which
+/// JSON-RPC 2.0 never answers).
+async fn respond(line: &[u8], runtime: &Runtime) -> Option<Value> {
     let request: Value = match serde_json::from_slice(line) {
         Ok(request) => request,
-        Err(e) => return error(Value::Null, PARSE_ERROR, &format!("Parse error: {e}")),
+        Err(e) => {
+            return Some(error(
+                Value::Null,
+                PARSE_ERROR,
+                &format!("Parse error: {e}"),
+            ))
+        }
     };
-    let id = request.get("id").cloned().unwrap_or(Value::Null);
-    let (Some(object), Some("2.0")) = (
-        request.as_object(),
-        request.get("jsonrpc").and_then(Value::as_str),
-    ) else {
-        return error(
-            id,
-            INVALID_REQUEST,
-            "Invalid Request: a JSON-RPC 2.0 object with `\"jsonrpc\": \"2.0\"` and a `method`",
-        );
+    let Some(object) = request.as_object() else {
+        let what = if request.is_array() {
+            "Invalid Request: batches are not supported (one request per connection)"
+        } else {
+            "Invalid Request: a request is a JSON object"
+        };
+        return Some(error(Value::Null, INVALID_REQUEST, what));
     };
-    if !matches!(id, Value::Null | Value::String(_) | Value::Number(_)) {
-        return error(
-            Value::Null,
+    let id = match object.get("id") {
+        None => None,
+        Some(id @ (Value::Null | Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        Some(_) => {
+            return Some(error(
+                Value::Null,
+                INVALID_REQUEST,
+                "Invalid Request: `id` is a string, a number or null",
+            ))
+        }
+    };
+    let answer = |response: Value| id.is_some().then_some(response);
+    let reply_id = id.clone().unwrap_or(Value::Null);
+    if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return answer(error(
+            reply_id,
             INVALID_REQUEST,
-            "Invalid Request: `id` is a string or a number",
-        );
+            "Invalid Request: `\"jsonrpc\": \"2.0\"` is required",
+        ));
     }
     let Some(method) = object.get("method").and_then(Value::as_str) else {
-        return error(id, INVALID_REQUEST, "Invalid Request: `method` is a string");
+        return answer(error(
+            reply_id,
+            INVALID_REQUEST,
+            "Invalid Request: `method` is a string",
+        ));
     };
+    answer(call(reply_id, method, object.get("params"), runtime).await)
+}
+
+/// Calls `method` with `params` on the `desktop` component: the response for `id`.
+async fn call(id: Value, method: &str, params: Option<&Value>, runtime: &Runtime) -> Value {
     let Some(function) = method
         .strip_prefix("desktop.")
         .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
     else {
         return error(id, METHOD_NOT_FOUND, &format!("Method not found: {method}"));
     };
-    let args = match object.get("params") {
+    let args = match params {
         None | Some(Value::Null) => json!({}),
         Some(Value::Object(params)) => Value::Object(wit_names(params)),
         Some(_) => return error(id, INVALID_PARAMS, "Invalid params: `params` is an object"),

@@ -572,7 +572,18 @@ async fn stop_input_interrupts_a_long_drag_and_the_socket_speaks_json_rpc() {
             (response, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Stopped once the pointer is on its way (the drag started, the button is down).
+    tokio::task::block_in_place(|| {
+        scene.desktop.wait_for("the drag to start", || {
+            let at = scene.desktop.x(&["xdotool", "getmouselocation"]);
+            let x: i32 = at
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("x:"))
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+            x > 22
+        })
+    });
     let (mut command, _) = Server::command(
         &scene.install,
         &[],
@@ -605,6 +616,22 @@ async fn stop_input_interrupts_a_long_drag_and_the_socket_speaks_json_rpc() {
     assert!(no_version.contains("-32600"), "{no_version}");
     let wrong = rpc(socket, "desktop.click", json!({"x": "left"})).await;
     assert_eq!(wrong["error"]["code"], -32602, "{wrong}");
+    let batch = send_line(
+        socket,
+        "[{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"desktop.ping\"}]\n",
+    )
+    .await;
+    assert!(
+        batch.contains("-32600") && batch.contains("batches"),
+        "{batch}"
+    );
+    // A notification (no id) is carried out and never answered.
+    let silent = send_line(
+        socket,
+        "{\"jsonrpc\": \"2.0\", \"method\": \"desktop.ping\"}\n",
+    )
+    .await;
+    assert_eq!(silent, "");
     let launch = rpc(socket, "desktop.launch_app", json!({"bundle_id": "xterm"})).await;
     assert!(failure(&launch).contains("not supported"), "{launch}");
 
@@ -622,9 +649,11 @@ async fn stop_input_interrupts_a_long_drag_and_the_socket_speaks_json_rpc() {
         .arg(socket)
         .output()
         .expect("setpriv runs");
-    let said = String::from_utf8_lossy(&other.stdout);
-    // The directory is 0700: another user cannot even reach the socket.
-    assert!(!said.contains("pong"), "{said}");
+    // The directory is 0700: another user cannot even reach the socket (capbridge also checks
+    // the peer's user id, behind it).
+    assert!(!other.status.success(), "{other:?}");
+    let said = String::from_utf8_lossy(&other.stderr);
+    assert!(said.contains("PermissionError"), "{said}");
 
     // A client that sends nothing is cut off after 30 s.
     let started = Instant::now();

@@ -36,7 +36,8 @@ impl Grant for AccessibilityGrant {
     fn explain(&self, _policy: &Policy) -> Vec<ExplainLine> {
         vec![ExplainLine::risky(
             "Can read the accessibility tree of every application on the screen: window \
-             titles, buttons, labels, and the text of fields (password fields excepted)."
+             titles, and the names, roles, states and places of buttons, fields, labels and \
+             list rows."
                 .to_string(),
             Some("it reads what applications show, capbridge's own windows included".to_string()),
         )]
@@ -101,6 +102,9 @@ pub const MAX_DEPTH: u32 = 32;
 pub const MAX_NODES: usize = 5000;
 /// Most elements one snapshot gives refs to.
 pub const MAX_ELEMENTS: usize = 2000;
+/// Longest an application may take to answer about one element; one that takes longer is
+/// left out of the walk (it may be frozen).
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Roles a person acts on (AT-SPI role names).
 const INTERACTIVE_ROLES: &[&str] = &[
@@ -361,32 +365,14 @@ impl AccessibilityService {
                 ))
             })?;
         let bus = self.bus().await?;
-        let gone = |why: &str| GuestError::NotFound(format!("element `{reference}` {why}"));
-        let object = accessible(&bus, &address)
+        tokio::time::timeout(ANSWER_WITHIN, now(&bus, &address, reference))
             .await
-            .map_err(|_| gone("is gone: its application no longer has it"))?;
-        let (role, name, states) =
-            tokio::try_join!(object.get_role_name(), object.name(), object.get_state())
-                .map_err(|_| gone("is gone: its application no longer has it"))?;
-        if states.contains(State::Defunct) {
-            return Err(gone("is gone: its application destroyed it"));
-        }
-        if !states.contains(State::Showing) {
-            return Err(gone("is no longer on the screen"));
-        }
-        let frame = extents(&bus, &address)
-            .await
-            .filter(|f| f.width > 0 && f.height > 0)
-            .ok_or_else(|| gone("has no place on the screen now"))?;
-        Ok(Resolved {
-            secret: role == "password text",
-            element: Element {
-                ref_: reference.to_string(),
-                role,
-                label: (!name.is_empty()).then_some(name),
-                frame,
-            },
-        })
+            .map_err(|_| {
+                GuestError::Unavailable(format!(
+                    "the application of element `{reference}` did not answer within \
+                     {ANSWER_WITHIN:?}"
+                ))
+            })?
     }
 
     /// Every node of `app`'s tree (or every application's), depth first, at most
@@ -414,6 +400,40 @@ impl AccessibilityService {
     }
 }
 
+/// The element at `address`, that `reference` names, as it is now.
+async fn now(
+    bus: &zbus::Connection,
+    address: &Address,
+    reference: &str,
+) -> Result<Resolved, GuestError> {
+    let gone = |why: &str| GuestError::NotFound(format!("element `{reference}` {why}"));
+    let object = accessible(bus, address)
+        .await
+        .map_err(|_| gone("is gone: its application no longer has it"))?;
+    let (role, name, states) =
+        tokio::try_join!(object.get_role_name(), object.name(), object.get_state())
+            .map_err(|_| gone("is gone: its application no longer has it"))?;
+    if states.contains(State::Defunct) {
+        return Err(gone("is gone: its application destroyed it"));
+    }
+    if !states.contains(State::Showing) {
+        return Err(gone("is no longer on the screen"));
+    }
+    let frame = extents(bus, address)
+        .await
+        .filter(|f| f.width > 0 && f.height > 0)
+        .ok_or_else(|| gone("has no place on the screen now"))?;
+    Ok(Resolved {
+        secret: role == "password text",
+        element: Element {
+            ref_: reference.to_string(),
+            role,
+            label: (!name.is_empty()).then_some(name),
+            frame,
+        },
+    })
+}
+
 enum Failure {
     /// The registry itself did not answer: the bus is gone.
     Bus(zbus::Error),
@@ -430,7 +450,10 @@ async fn walk(
         path: "/org/a11y/atspi/accessible/root".into(),
     };
     let root = accessible(bus, &registry).await.map_err(Failure::Bus)?;
-    let apps = root.get_children().await.map_err(Failure::Bus)?;
+    let apps = tokio::time::timeout(ANSWER_WITHIN, root.get_children())
+        .await
+        .map_err(|_| Failure::Bus(zbus::Error::Failure("the registry did not answer".into())))?
+        .map_err(Failure::Bus)?;
     let mut seen = Vec::new();
     let mut matched = false;
     for child in apps {
@@ -442,8 +465,8 @@ async fn walk(
             continue;
         };
         if let Some(wanted) = app {
-            match object.name().await {
-                Ok(name) if name.eq_ignore_ascii_case(wanted) => {}
+            match tokio::time::timeout(ANSWER_WITHIN, object.name()).await {
+                Ok(Ok(name)) if name.eq_ignore_ascii_case(wanted) => {}
                 _ => continue,
             }
         }
@@ -454,14 +477,24 @@ async fn walk(
             if seen.len() >= MAX_NODES {
                 break;
             }
-            let Some(node) = visit(bus, &address, parent, depth).await else {
-                continue;
+            let node = match tokio::time::timeout(
+                ANSWER_WITHIN,
+                visit(bus, &address, parent, depth),
+            )
+            .await
+            {
+                Ok(Some(node)) => node,
+                // Gone meanwhile.
+                Ok(None) => continue,
+                // Not answering: the rest of this application is left out.
+                Err(_) => break,
             };
             let index = seen.len() as u32;
             let children = if depth < max_depth && !node.states.contains(State::Defunct) {
-                match accessible(bus, &address).await {
-                    Ok(object) => object.get_children().await.unwrap_or_default(),
-                    Err(_) => Vec::new(),
+                let children = async { accessible(bus, &address).await?.get_children().await };
+                match tokio::time::timeout(ANSWER_WITHIN, children).await {
+                    Ok(Ok(children)) => children,
+                    _ => Vec::new(),
                 }
             } else {
                 Vec::new()

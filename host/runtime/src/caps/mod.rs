@@ -282,6 +282,74 @@ impl Services {
     }
 }
 
+/// A host call's audit entry, written when the call ends: with its outcome, or as cancelled
+/// when the call is dropped first (its deadline, the client gone).
+pub(crate) struct AuditEntry<'a> {
+    audit: &'a crate::audit::AuditLog,
+    kind: &'static str,
+    component: &'a str,
+    session: Option<u64>,
+    /// What it recorded about the call (never contents or secrets).
+    pub detail: serde_json::Value,
+    outcome: Option<crate::audit::Outcome>,
+}
+
+impl<'a> AuditEntry<'a> {
+    pub fn new(
+        audit: &'a crate::audit::AuditLog,
+        kind: &'static str,
+        component: &'a str,
+        session: Option<u64>,
+        detail: serde_json::Value,
+    ) -> Self {
+        AuditEntry {
+            audit,
+            kind,
+            component,
+            session,
+            detail,
+            outcome: None,
+        }
+    }
+
+    /// The call ended with `result`: allowed (and `ok` may change the detail), or denied with
+    /// its error.
+    pub fn finish<T>(
+        &mut self,
+        result: &Result<T, GuestError>,
+        ok: impl FnOnce(&T, &mut serde_json::Value),
+    ) {
+        use crate::audit::Outcome;
+        self.outcome = Some(match result {
+            Ok(value) => {
+                ok(value, &mut self.detail);
+                Outcome::Allowed
+            }
+            Err(e) => {
+                self.detail["error"] = serde_json::json!(e.to_string());
+                Outcome::Denied
+            }
+        });
+    }
+}
+
+impl Drop for AuditEntry<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or_else(|| {
+            self.detail["error"] = serde_json::json!("cancelled before it finished");
+            crate::audit::Outcome::Failed
+        });
+        let detail = std::mem::take(&mut self.detail);
+        self.audit.record(
+            self.kind,
+            Some(self.component),
+            self.session,
+            outcome,
+            detail,
+        );
+    }
+}
+
 /// The sentence a denial carries to the guest and to the audit log.
 pub(crate) fn denial(component: &str, what: &str, grant: &str, policy: &std::path::Path) -> String {
     format!(

@@ -15,8 +15,8 @@ use serde_json::json;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::capbridge::host::screen::{self as wit, Host, Image, Region as GuestRegion, Text, Word};
-use super::{Capability, GuestError, HostContext, Service};
-use crate::audit::{AuditLog, Outcome};
+use super::{AuditEntry, Capability, GuestError, HostContext, Service};
+use crate::audit::AuditLog;
 use crate::state::HostState;
 
 /// The capability: `grants.screen = true`.
@@ -136,15 +136,22 @@ impl ScreenService {
         session: Option<u64>,
         region: Option<Region>,
     ) -> Result<Image, GuestError> {
-        let mut entry = Entry::new(self, "screen.captured", component, session);
-        entry.detail = json!({ "region": region });
+        let mut entry = AuditEntry::new(
+            &self.audit,
+            "screen.captured",
+            component,
+            session,
+            json!({ "region": region }),
+        );
         let result = match region.map(check_region).transpose() {
             Ok(region) => blocking(move || x11::capture(region)).await,
             Err(e) => Err(e),
         };
         entry.finish(
             &result,
-            |image| json!({ "region": region, "width": image.width, "height": image.height }),
+            |image, detail| {
+                *detail = json!({ "region": region, "width": image.width, "height": image.height })
+            },
         );
         result
     }
@@ -158,8 +165,13 @@ impl ScreenService {
     ) -> Result<Text, GuestError> {
         let given = png.is_some();
         let source = if given { "image" } else { "screen" };
-        let mut entry = Entry::new(self, "screen.text_read", component, session);
-        entry.detail = json!({ "source": source });
+        let mut entry = AuditEntry::new(
+            &self.audit,
+            "screen.text_read",
+            component,
+            session,
+            json!({ "source": source }),
+        );
         let result = async {
             // Tesseract (C and C++) never parses what a guest sent: the host decodes it, within
             // limits, and hands Tesseract a grey image of its own making.
@@ -177,74 +189,10 @@ impl ScreenService {
             ocr::read(gray, given).await
         }
         .await;
-        entry.finish(
-            &result,
-            |text| json!({ "source": source, "words": text.words.len() }),
-        );
-        result
-    }
-}
-
-/// A call's audit entry, written when the call ends: with its outcome, or as cancelled when it
-/// is dropped first (the call's deadline, or the client going away).
-struct Entry<'a> {
-    audit: &'a AuditLog,
-    kind: &'static str,
-    component: &'a str,
-    session: Option<u64>,
-    detail: serde_json::Value,
-    outcome: Option<Outcome>,
-}
-
-impl<'a> Entry<'a> {
-    fn new(
-        service: &'a ScreenService,
-        kind: &'static str,
-        component: &'a str,
-        session: Option<u64>,
-    ) -> Self {
-        Entry {
-            audit: &service.audit,
-            kind,
-            component,
-            session,
-            detail: json!({}),
-            outcome: None,
-        }
-    }
-
-    fn finish<T>(
-        &mut self,
-        result: &Result<T, GuestError>,
-        ok: impl FnOnce(&T) -> serde_json::Value,
-    ) {
-        match result {
-            Ok(value) => {
-                self.detail = ok(value);
-                self.outcome = Some(Outcome::Allowed);
-            }
-            Err(e) => {
-                self.detail["error"] = json!(e.to_string());
-                self.outcome = Some(Outcome::Denied);
-            }
-        }
-    }
-}
-
-impl Drop for Entry<'_> {
-    fn drop(&mut self) {
-        let outcome = self.outcome.unwrap_or_else(|| {
-            self.detail["error"] = json!("cancelled before it finished");
-            Outcome::Failed
+        entry.finish(&result, |text, detail| {
+            *detail = json!({ "source": source, "words": text.words.len() })
         });
-        let detail = std::mem::take(&mut self.detail);
-        self.audit.record(
-            self.kind,
-            Some(self.component),
-            self.session,
-            outcome,
-            detail,
-        );
+        result
     }
 }
 

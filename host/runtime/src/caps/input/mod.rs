@@ -17,7 +17,7 @@
 mod xtest;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::accessibility::AccessibilityService;
 use super::capbridge::host::input::{self as wit, Host, MouseButton, Point, Target, Window};
-use super::{Capability, GuestError, HostContext, Service};
+use super::{AuditEntry, Capability, GuestError, HostContext, Service};
 use crate::approvals::{Approvals, Decision, Prompt};
 use crate::audit::{AuditLog, Outcome};
 use crate::state::HostState;
@@ -106,6 +106,9 @@ impl Capability for Input {
     }
 }
 
+/// Roles of the elements whose typed text the audit log keeps (never `password text`).
+const PLAIN_TEXT_ROLES: &[&str] = &["text", "entry", "editbar", "paragraph"];
+
 /// How long automation stays on once a person turned it on.
 pub const AUTOMATION_DURATION: Duration = Duration::from_secs(15 * 60);
 /// Most characters one `type-text` types.
@@ -133,7 +136,8 @@ pub struct InputService {
     approvals: Approvals,
     /// Automation on, by session and component, with when it ends.
     on: Mutex<HashMap<(u64, String), (Instant, Automation)>>,
-    /// One question to a person at a time: a second call waits for the first's answer.
+    /// One automation prompt at a time (while it is open, other calls are refused: a prompt
+    /// is open).
     asking: tokio::sync::Mutex<()>,
     /// Bumped by every stop; an action started before it stops at its next step.
     stops: Arc<AtomicU64>,
@@ -239,8 +243,10 @@ impl InputService {
     }
 
     /// Refuses unless a person has turned automation on for `caller` (asking them first when
-    /// nobody has yet) and no prompt is open.
-    async fn allowed(&self, caller: &Caller<'_>) -> Result<(), GuestError> {
+    /// nobody has yet) and no prompt is open. The stop generation the action runs under: read
+    /// first, so a stop at any point from here on stops it.
+    async fn allowed(self: &Arc<Self>, caller: &Caller<'_>) -> Result<u64, GuestError> {
+        let generation = self.stops.load(Ordering::SeqCst);
         let Some(session) = caller.session else {
             return Err(GuestError::Denied(
                 "input acts only for a session (of the contract or of the desktop bridge \
@@ -252,11 +258,11 @@ impl InputService {
         let key = (session, caller.component.to_string());
         self.expire();
         if self.is_on(&key) {
-            return Ok(());
+            return Ok(generation);
         }
         let _asking = self.asking.lock().await;
         if self.is_on(&key) {
-            return Ok(());
+            return Ok(generation);
         }
         let minutes = AUTOMATION_DURATION.as_secs() / 60;
         let prompt = Prompt {
@@ -296,49 +302,71 @@ impl InputService {
             caller.component,
             prompt.id
         );
-        let generation = self.stops.load(Ordering::SeqCst);
-        // On a task of its own: when this call ends first (its deadline, the client gone), the
-        // prompt still times out and leaves the list instead of pausing input for good.
-        let answer = tokio::spawn(answer)
+        // The answer is taken on a task of its own: when this call ends first (its deadline,
+        // the client gone), the prompt still leaves the list when answered or timed out, and
+        // the person's answer still counts (and is audited).
+        let this = self.clone();
+        let decided = tokio::spawn(async move {
+            let answer = answer.await;
+            this.decided(key, &prompt.id, answer, generation)
+        });
+        let allowed = decided
             .await
             .map_err(|e| GuestError::Unavailable(format!("the automation prompt failed: {e}")))?;
+        if !allowed {
+            return Err(GuestError::Denied(
+                "automation is off: the person did not turn it on for this session".into(),
+            ));
+        }
+        // The person may have opened another prompt meanwhile.
+        self.refuse_while_prompting()?;
+        Ok(generation)
+    }
+
+    /// Takes the person's `answer` to automation prompt `prompt` for `key`: on when allowed
+    /// and nobody stopped automation since the ask (`generation`). Whether it is on.
+    fn decided(
+        &self,
+        (session, component): (u64, String),
+        prompt: &str,
+        answer: crate::approvals::Answer,
+        generation: u64,
+    ) -> bool {
+        let minutes = AUTOMATION_DURATION.as_secs() / 60;
         let allowed = answer.decision == Decision::AllowOnce
             && self.stops.load(Ordering::SeqCst) == generation;
         self.audit.record(
             "input.automation_asked",
-            Some(caller.component),
+            Some(&component),
             Some(session),
             if allowed {
                 Outcome::Allowed
             } else {
                 Outcome::Denied
             },
-            json!({ "prompt": prompt.id, "by": answer.by.as_str(), "minutes": minutes }),
+            json!({ "prompt": prompt, "by": answer.by.as_str(), "minutes": minutes }),
         );
         if !allowed {
-            return Err(GuestError::Denied(
-                "automation is off: the person did not turn it on for this session".into(),
-            ));
+            return false;
         }
-        let until = Instant::now() + AUTOMATION_DURATION;
+        tracing::warn!(
+            target: "capbridge::input",
+            "automation ON: {component} may control the mouse and keyboard for session \
+             {session} for {minutes} minutes (stop: `capbridge stop-input`)"
+        );
         let automation = Automation {
-            component: caller.component.to_string(),
+            component: component.clone(),
             session,
             until_ms: crate::approvals::now_ms() + AUTOMATION_DURATION.as_millis() as u64,
             last_action_ms: None,
         };
-        tracing::warn!(
-            target: "capbridge::input",
-            "automation ON: {} may control the mouse and keyboard for session {session} for \
-             {minutes} minutes (stop: `capbridge stop-input`)",
-            caller.component
-        );
         let mut on = self.on.lock().expect("automation lock");
-        on.insert(key, (until, automation));
+        on.insert(
+            (session, component),
+            (Instant::now() + AUTOMATION_DURATION, automation),
+        );
         self.publish(&on);
-        drop(on);
-        // The person may have opened another prompt meanwhile.
-        self.refuse_while_prompting()
+        true
     }
 
     fn is_on(&self, key: &(u64, String)) -> bool {
@@ -346,13 +374,7 @@ impl InputService {
     }
 
     fn refuse_while_prompting(&self) -> Result<(), GuestError> {
-        if self.approvals.pending().is_empty() {
-            Ok(())
-        } else {
-            Err(GuestError::Unavailable(
-                "input is paused while a prompt is open: a person must answer it first".into(),
-            ))
-        }
+        refuse_while_prompting(&self.approvals)
     }
 
     /// Marks `caller`'s automation as used now (the status window shows it).
@@ -368,22 +390,34 @@ impl InputService {
     }
 
     /// Runs `work` on the display, once `caller` may act, and audits it as `kind` with
-    /// `detail`. `work` gets a check that says when a stop came.
+    /// `detail`. One action at a time, host-wide. `work` gets a check that fails when a stop
+    /// came, a prompt opened, or the call ended (its deadline, the client gone): the action
+    /// stops at its next step, and is audited either way.
     async fn act<T: Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller<'_>,
         kind: &'static str,
         detail: serde_json::Value,
         work: impl FnOnce(&xtest::Display, &Stop) -> Result<T, GuestError> + Send + 'static,
     ) -> Result<T, GuestError> {
+        let mut acting = Acting {
+            entry: AuditEntry::new(&self.audit, kind, caller.component, caller.session, detail),
+            abandoned: Arc::new(AtomicBool::new(false)),
+        };
         let result = match self.allowed(caller).await {
-            Ok(()) => {
+            Ok(generation) => {
                 self.used(caller);
                 let stop = Stop {
                     stops: self.stops.clone(),
-                    generation: self.stops.load(Ordering::SeqCst),
+                    generation,
+                    approvals: self.approvals.clone(),
+                    abandoned: acting.abandoned.clone(),
                 };
                 blocking(move || {
+                    // One action at a time: two at once would mix their keys and remaps.
+                    static TURN: Mutex<()> = Mutex::new(());
+                    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+                    stop.check()?;
                     let display = xtest::Display::open()?;
                     work(&display, &stop)
                 })
@@ -391,40 +425,55 @@ impl InputService {
             }
             Err(e) => Err(e),
         };
-        let mut detail = detail;
-        let outcome = match &result {
-            Ok(_) => Outcome::Allowed,
-            Err(e) => {
-                detail["error"] = json!(e.to_string());
-                Outcome::Denied
-            }
-        };
-        self.audit.record(
-            kind,
-            Some(caller.component),
-            caller.session,
-            outcome,
-            detail,
-        );
+        acting.entry.finish(&result, |_, _| {});
         result
     }
 }
 
-/// Whether a stop came since an action started.
+/// An action's audit entry; dropped before the action ended (the call's deadline, the client
+/// gone), it also tells the action to stop.
+struct Acting<'a> {
+    entry: AuditEntry<'a>,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl Drop for Acting<'_> {
+    fn drop(&mut self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+    }
+}
+
+fn refuse_while_prompting(approvals: &Approvals) -> Result<(), GuestError> {
+    if approvals.pending().is_empty() {
+        Ok(())
+    } else {
+        Err(GuestError::Unavailable(
+            "input is paused while a prompt is open: a person must answer it first".into(),
+        ))
+    }
+}
+
+/// Whether an action may go on: no stop since it started, no prompt open, its call not gone.
 pub struct Stop {
     stops: Arc<AtomicU64>,
     generation: u64,
+    approvals: Approvals,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Stop {
     fn check(&self) -> Result<(), GuestError> {
-        if self.stops.load(Ordering::SeqCst) == self.generation {
-            Ok(())
-        } else {
-            Err(GuestError::Denied(
+        if self.stops.load(Ordering::SeqCst) != self.generation {
+            return Err(GuestError::Denied(
                 "automation was stopped by the person".into(),
-            ))
+            ));
         }
+        if self.abandoned.load(Ordering::SeqCst) {
+            return Err(GuestError::Unavailable(
+                "the call ended before the action did".into(),
+            ));
+        }
+        refuse_while_prompting(&self.approvals)
     }
 }
 
@@ -435,10 +484,10 @@ struct Aim {
 }
 
 impl HostState {
-    fn input(&self) -> wasmtime::Result<&InputService> {
+    fn input(&self) -> wasmtime::Result<Arc<InputService>> {
         self.grants
             .services
-            .get::<InputService>()
+            .get_arc::<InputService>()
             .ok_or_else(|| wasmtime::format_err!("the input service is not running"))
     }
 
@@ -632,6 +681,7 @@ impl Host for HostState {
                 ] {
                     for _ in 0..count {
                         stop.check()?;
+                        display.refuse_own_at(x, y)?;
                         display.button(button, true)?;
                         display.button(button, false)?;
                         display.sync()?;
@@ -671,24 +721,38 @@ impl Host for HostState {
             .act(&caller, "input.dragged", detail, move |display, stop| {
                 let (x0, y0) = display.reach(from)?;
                 let (x1, y1) = display.reach(to)?;
+                // A step every 16 ms (at least 8 steps, so toolkits see the pointer move past
+                // their drag threshold), each checked before the button goes down and again
+                // when the pointer gets there.
+                let steps = (duration_ms / 16).max(8);
+                let path: Vec<(i16, i16)> = (1..=steps)
+                    .map(|step| {
+                        let t = f64::from(step) / f64::from(steps);
+                        let x = f64::from(x0) + (f64::from(x1) - f64::from(x0)) * t;
+                        let y = f64::from(y0) + (f64::from(y1) - f64::from(y0)) * t;
+                        (x.round() as i16, y.round() as i16)
+                    })
+                    .collect();
+                for (x, y) in &path {
+                    display.refuse_own_at(*x, *y)?;
+                }
                 display.move_to(x0, y0)?;
                 display.button(button_number(button), true)?;
                 display.sync()?;
-                // A step every 16 ms (at least 8 steps, so toolkits see the pointer move past
-                // their drag threshold); the button is released where the drag stops.
-                let steps = (duration_ms / 16).max(8);
                 let mut result = Ok(());
-                for step in 1..=steps {
-                    if let Err(e) = stop.check() {
+                for (x, y) in path {
+                    if let Err(e) = stop.check().and_then(|()| display.refuse_own_at(x, y)) {
                         result = Err(e);
                         break;
                     }
-                    let t = f64::from(step) / f64::from(steps);
-                    let x = f64::from(x0) + (f64::from(x1) - f64::from(x0)) * t;
-                    let y = f64::from(y0) + (f64::from(y1) - f64::from(y0)) * t;
-                    display.move_to(x.round() as i16, y.round() as i16)?;
+                    display.move_to(x, y)?;
                     display.sync()?;
                     std::thread::sleep(Duration::from_millis(u64::from(duration_ms / steps)));
+                }
+                if result.is_err() {
+                    // Interrupted: the drop goes back where it started (checked above), not
+                    // wherever the pointer was.
+                    display.move_to(x0, y0)?;
                 }
                 display.button(button_number(button), false)?;
                 display.sync()?;
@@ -716,11 +780,14 @@ impl Host for HostState {
         };
         let mut detail = aim.as_ref().map(where_json).unwrap_or_else(|| json!({}));
         detail["chars"] = json!(chars);
-        // The text is recorded only where it is known not to be a secret.
+        // The text is recorded only where it is known not to be a secret: typed into an
+        // element that is a plain text field.
         detail["text"] = match aim.as_ref().and_then(|a| a.element.as_ref()) {
-            Some(element) if !element.secret => json!(text),
-            Some(_) => json!("(withheld: a password field)"),
-            None => json!("(withheld: the target is not a known element)"),
+            Some(element) if element.secret => json!("(withheld: a password field)"),
+            Some(element) if PLAIN_TEXT_ROLES.contains(&element.element.role.as_str()) => {
+                json!(text)
+            }
+            _ => json!("(withheld: the target is not a known text field)"),
         };
         let point = aim.map(|a| a.point);
         Ok(input

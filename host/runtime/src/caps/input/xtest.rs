@@ -2,13 +2,18 @@
 //! Keys are found in the server's keyboard map; a character the map lacks (most non-ASCII
 //! text) is typed on a spare keycode mapped to it for the call and cleared after, as `xdotool`
 //! does. The window manager's lists (EWMH) give the windows.
+//!
+//! A [`Display`] remembers what it pressed and remapped: whatever way an action ends (an
+//! error, a stop, a panic), dropping it releases every key and button still down and clears
+//! every keycode it mapped.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::Duration;
 
 use x11rb::connection::{Connection as _, RequestConnection as _};
 use x11rb::protocol::xproto::{
-    self, AtomEnum, ClientMessageEvent, ConnectionExt as _, EventMask, Keycode, Keysym,
+    self, AtomEnum, ClientMessageEvent, ConnectionExt as _, EventMask, InputFocus, Keycode, Keysym,
 };
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
@@ -109,6 +114,31 @@ pub struct Display {
     width: u16,
     height: u16,
     own_pid: u32,
+    /// Keys and buttons pressed and not released yet.
+    pressed_keys: RefCell<Vec<Keycode>>,
+    pressed_buttons: RefCell<Vec<u8>>,
+    /// Spare keycodes mapped to a keysym and not cleared yet.
+    remapped: RefCell<Vec<Keycode>>,
+    /// Keysyms per keycode in the server's map (to clear a remapped one).
+    per_keycode: Cell<u8>,
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        for code in self.pressed_keys.take().into_iter().rev() {
+            let _ = self.fake(xproto::KEY_RELEASE_EVENT, code, 0, 0);
+        }
+        for button in self.pressed_buttons.take().into_iter().rev() {
+            let _ = self.fake(xproto::BUTTON_RELEASE_EVENT, button, 0, 0);
+        }
+        let per = self.per_keycode.get().max(1);
+        for code in self.remapped.take() {
+            let _ = self
+                .conn
+                .change_keyboard_mapping(1, code, per, &vec![0; usize::from(per)]);
+        }
+        let _ = self.conn.sync();
+    }
 }
 
 impl Display {
@@ -131,6 +161,10 @@ impl Display {
             height: root.height_in_pixels,
             own_pid: std::process::id(),
             conn,
+            pressed_keys: RefCell::new(Vec::new()),
+            pressed_buttons: RefCell::new(Vec::new()),
+            remapped: RefCell::new(Vec::new()),
+            per_keycode: Cell::new(1),
         })
     }
 
@@ -158,7 +192,7 @@ impl Display {
             .reply()
             .map_err(unavailable)?
             .child;
-        if top != x11rb::NONE && self.owner_pid(top) == Some(self.own_pid) {
+        if top != x11rb::NONE && self.owner_pid(top)? == Some(self.own_pid) {
             return Err(GuestError::Denied(format!(
                 "({x}, {y}) is on one of capbridge's own windows: input never acts on them"
             )));
@@ -177,8 +211,14 @@ impl Display {
             .focus;
         // Up to the top-level window (a child of the root), whose subtree names its owner.
         for _ in 0..16 {
-            if window == x11rb::NONE || window == 1 || window == self.root {
+            if window == x11rb::NONE {
+                // Keys go nowhere.
                 return Ok(());
+            }
+            if window == u32::from(InputFocus::POINTER_ROOT) || window == self.root {
+                // Keys go to the window under the pointer.
+                let (x, y) = self.pointer()?;
+                return self.refuse_own_at(x, y);
             }
             let tree = self
                 .conn
@@ -191,7 +231,7 @@ impl Display {
             }
             window = tree.parent;
         }
-        if self.owner_pid(window) == Some(self.own_pid) {
+        if self.owner_pid(window)? == Some(self.own_pid) {
             return Err(GuestError::Denied(
                 "one of capbridge's own windows has the keyboard focus: input never types \
                  into them"
@@ -202,23 +242,28 @@ impl Display {
     }
 
     /// The process owning top-level `window`: its `_NET_WM_PID`, or that of the client window
-    /// inside it (a window manager's frame has none).
-    fn owner_pid(&self, window: xproto::Window) -> Option<u32> {
-        let pid_atom = self.atom(b"_NET_WM_PID").ok()?;
+    /// inside it (a window manager's frame has none). An X error is an error, never "not
+    /// ours": the checks that use it fail closed.
+    fn owner_pid(&self, window: xproto::Window) -> Result<Option<u32>, GuestError> {
+        let pid_atom = self.atom(b"_NET_WM_PID")?;
         let mut level = vec![window];
         for _ in 0..3 {
             let mut next = Vec::new();
             for w in level {
                 if let Some(pid) = self.cardinal(w, pid_atom) {
-                    return Some(pid);
+                    return Ok(Some(pid));
                 }
-                if let Ok(tree) = self.conn.query_tree(w).map(|c| c.reply()) {
-                    next.extend(tree.ok()?.children);
-                }
+                let tree = self
+                    .conn
+                    .query_tree(w)
+                    .map_err(unavailable)?
+                    .reply()
+                    .map_err(unavailable)?;
+                next.extend(tree.children);
             }
             level = next;
         }
-        None
+        Ok(None)
     }
 
     fn atom(&self, name: &[u8]) -> Result<xproto::Atom, GuestError> {
@@ -280,7 +325,9 @@ impl Display {
         } else {
             xproto::BUTTON_RELEASE_EVENT
         };
-        self.fake(kind, button, 0, 0)
+        self.fake(kind, button, 0, 0)?;
+        track(&self.pressed_buttons, button, press);
+        Ok(())
     }
 
     fn key(&self, keycode: Keycode, press: bool) -> Result<(), GuestError> {
@@ -289,7 +336,9 @@ impl Display {
         } else {
             xproto::KEY_RELEASE_EVENT
         };
-        self.fake(kind, keycode, 0, 0)
+        self.fake(kind, keycode, 0, 0)?;
+        track(&self.pressed_keys, keycode, press);
+        Ok(())
     }
 
     /// Waits until the server has handled everything sent.
@@ -308,52 +357,58 @@ impl Display {
         Ok((reply.root_x, reply.root_y))
     }
 
-    /// Types `text` into whatever has the focus, key by key; stops at a stop.
+    /// Types `text` into whatever has the focus, key by key. Between keys it stops at a stop
+    /// (or an open prompt), and every few keys it checks again that the focus is not
+    /// capbridge's.
     pub fn type_text(&self, text: &str, stop: &Stop) -> Result<(), GuestError> {
         let mut keys = Keys::load(self)?;
-        let shift = keys.find(SHIFT).map(|(code, _)| code);
-        let result = text.chars().try_for_each(|c| {
+        for (i, c) in text.chars().enumerate() {
             stop.check()?;
-            let (code, shifted) = keys.code_of(self, keysym_of(c))?;
-            let shift = if shifted {
-                Some(shift.ok_or_else(|| {
-                    GuestError::Unavailable("the keyboard map has no Shift key".into())
-                })?)
-            } else {
-                None
-            };
-            if let Some(shift) = shift {
-                self.key(shift, true)?;
+            if i % 16 == 15 {
+                self.refuse_own_focus()?;
             }
-            self.key(code, true)?;
-            self.key(code, false)?;
-            if let Some(shift) = shift {
-                self.key(shift, false)?;
-            }
-            self.sync()
-        });
+            let code = keys.code_of(self, keysym_of(c))?;
+            self.press(&keys, code)?;
+            self.release(&keys, code)?;
+            self.sync()?;
+        }
         keys.restore(self);
-        result
+        Ok(())
     }
 
     /// Presses `keysyms` in order and releases them in reverse.
     pub fn combo(&self, keysyms: &[Keysym]) -> Result<(), GuestError> {
         let mut keys = Keys::load(self)?;
-        let result = (|| {
-            let codes = keysyms
-                .iter()
-                .map(|k| keys.code_of(self, *k).map(|(code, _)| code))
-                .collect::<Result<Vec<_>, _>>()?;
-            for code in &codes {
-                self.key(*code, true)?;
-            }
-            for code in codes.iter().rev() {
-                self.key(*code, false)?;
-            }
-            self.sync()
-        })();
+        let codes = keysyms
+            .iter()
+            .map(|k| keys.code_of(self, *k))
+            .collect::<Result<Vec<_>, _>>()?;
+        for code in &codes {
+            self.press(&keys, *code)?;
+        }
+        for code in codes.iter().rev() {
+            self.release(&keys, *code)?;
+        }
+        self.sync()?;
         keys.restore(self);
-        result
+        Ok(())
+    }
+
+    /// Presses the key `code` names (Shift first when it needs Shift).
+    fn press(&self, keys: &Keys, (code, shifted): (Keycode, bool)) -> Result<(), GuestError> {
+        if shifted {
+            self.key(keys.shift()?, true)?;
+        }
+        self.key(code, true)
+    }
+
+    /// Releases what [`Display::press`] pressed.
+    fn release(&self, keys: &Keys, (code, shifted): (Keycode, bool)) -> Result<(), GuestError> {
+        self.key(code, false)?;
+        if shifted {
+            self.key(keys.shift()?, false)?;
+        }
+        Ok(())
     }
 
     /// The top-level windows the window manager lists, bottom to top.
@@ -477,6 +532,7 @@ impl Keys {
             .reply()
             .map_err(unavailable)?;
         let per = reply.keysyms_per_keycode;
+        display.per_keycode.set(per);
         let spare = reply
             .keysyms
             .chunks(usize::from(per.max(1)))
@@ -491,6 +547,13 @@ impl Keys {
             spare,
             mapped: HashMap::new(),
         })
+    }
+
+    /// The Shift key's keycode.
+    fn shift(&self) -> Result<Keycode, GuestError> {
+        self.find(SHIFT)
+            .map(|(code, _)| code)
+            .ok_or_else(|| GuestError::Unavailable("the keyboard map has no Shift key".into()))
     }
 
     /// The keycode with `keysym` in its first two columns, and whether it needs Shift.
@@ -546,6 +609,7 @@ impl Keys {
             .conn
             .change_keyboard_mapping(1, code, self.per.max(1), &syms)
             .map_err(unavailable)?;
+        track(&display.remapped, code, keysym != 0);
         display.sync()
     }
 
@@ -560,6 +624,16 @@ impl Keys {
             let _ = self.map(display, code, 0);
             self.spare.push(code);
         }
+    }
+}
+
+/// Notes `item` as held (`held`) or no longer.
+fn track<T: PartialEq>(list: &RefCell<Vec<T>>, item: T, held: bool) {
+    let mut list = list.borrow_mut();
+    if held {
+        list.push(item);
+    } else if let Some(i) = list.iter().rposition(|x| *x == item) {
+        list.remove(i);
     }
 }
 
