@@ -13,7 +13,11 @@ use base64::Engine as _;
 use capbridge::host::accessibility as tree;
 use capbridge::host::canvas;
 use capbridge::host::input::{self, Target};
+use capbridge::host::process;
 use capbridge::host::screen;
+
+/// How long a launched application may run (it ends with its session before that).
+const LAUNCHED_APP_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// A drag's duration when none is given.
 const DEFAULT_DRAG_MS: u64 = 500;
@@ -191,11 +195,28 @@ impl Guest for Desktop {
         input::paste(&text)
     }
 
-    fn launch_app(bundle_id: String) -> Result<(), Error> {
-        Err(Error::Unavailable(format!(
-            "launch_app is not supported yet (asked for `{bundle_id}`): starting a program goes \
-             through the commands capability and its approvals; run it as a command"
-        )))
+    fn launch_app(bundle_id: String) -> Result<Run, Error> {
+        let name = bundle_id.trim();
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(Error::InvalidArgument(format!(
+                "bundle_id `{bundle_id}`: one program, a bare name or an absolute path, with no \
+                 arguments"
+            )));
+        }
+        // A command like any other: the person approves it (or a rule they made does).
+        let command = process::Command {
+            program: name.to_string(),
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            stdin: None,
+        };
+        process::start(&process::Request {
+            kind: process::RequestKind::Command,
+            template: command.clone(),
+            resolved: command,
+            timeout_ms: LAUNCHED_APP_MS,
+        })
     }
 
     fn window_list() -> Result<Vec<Window>, Error> {

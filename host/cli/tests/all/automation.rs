@@ -632,8 +632,32 @@ async fn stop_input_interrupts_a_long_drag_and_the_socket_speaks_json_rpc() {
     )
     .await;
     assert_eq!(silent, "");
-    let launch = rpc(socket, "desktop.launch_app", json!({"bundle_id": "xterm"})).await;
-    assert!(failure(&launch).contains("not supported"), "{launch}");
+
+    // launch_app starts a program as a command of the session: a person approves it.
+    let launch = ok(rpc(socket, "desktop.launch_app", json!({"bundle_id": "true"})).await);
+    assert_eq!(launch["status"], "pending-approval", "{launch}");
+    let request = launch["request_id"].as_str().expect("a prompt").to_string();
+    let listed = tokio::task::block_in_place(|| {
+        let listed = prompts(&scene.install, &scene.server, &["list", "--json"]);
+        prompts(&scene.install, &scene.server, &["allow", &request]);
+        listed
+    });
+    let prompt = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == request.as_str())
+        .unwrap_or_else(|| panic!("no prompt {request} in {listed}"))
+        .clone();
+    assert_eq!(prompt["kind"], "command", "{prompt}");
+    assert_eq!(prompt["summary"], "true", "{prompt}");
+    let bad = rpc(
+        socket,
+        "desktop.launch_app",
+        json!({"bundle_id": "rm -rf /"}),
+    )
+    .await;
+    assert_eq!(bad["error"]["data"]["kind"], "invalid-argument", "{bad}");
 
     // A peer of another user is refused.
     let other = Command::new("setpriv")
