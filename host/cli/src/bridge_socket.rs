@@ -43,10 +43,7 @@ const BRIDGE_ERROR: i64 = -32000;
 
 /// The managed socket, when the session has a runtime directory.
 pub fn managed_path() -> Option<PathBuf> {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_absolute())
-        .map(|d| d.join("capbridge/desktop-bridge.sock"))
+    crate::unix_socket::runtime_dir().map(|d| d.join("desktop-bridge.sock"))
 }
 
 /// The standalone socket, in the home directory.

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,12 +32,9 @@ const MAX_CONNECTIONS: usize = 8;
 /// The prompt socket of the bridge on `port`: in `$XDG_RUNTIME_DIR/capbridge/`, else in
 /// `/tmp/capbridge-<uid>/`.
 pub fn socket_path(port: u16) -> PathBuf {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
-        Some(runtime) => PathBuf::from(runtime).join("capbridge"),
-        None => {
-            std::env::temp_dir().join(format!("capbridge-{}", rustix::process::getuid().as_raw()))
-        }
-    };
+    let dir = crate::unix_socket::runtime_dir().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("capbridge-{}", rustix::process::getuid().as_raw()))
+    });
     dir.join(format!("prompts-{port}.sock"))
 }
 

@@ -3,12 +3,21 @@
 //! deadline.
 
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::{UnixListener, UnixStream};
+
+/// capbridge's directory in the session's runtime directory (`$XDG_RUNTIME_DIR/capbridge`),
+/// when the session has one.
+pub fn runtime_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join("capbridge"))
+}
 
 /// Binds a socket of capbridge's at `path`: its directory is created `0700` (or must already be this user's and
 /// `0700`), a stale socket of a bridge that is gone is replaced, a live one is an error.

@@ -307,7 +307,7 @@ fn icon_rgba() -> (Vec<u8>, u32, u32) {
 fn show_overlay(windows: &Windows, runtime: &Runtime) {
     if let Some(overlay) = &windows.overlay {
         // Pending prompts, not prompt windows: a prompt whose window did not open counts too.
-        let prompt_waiting = !runtime.approvals().pending().is_empty();
+        let prompt_waiting = runtime.approvals().any_pending();
         overlay.show_unless(prompt_waiting || !windows.prompts.is_empty());
     }
 }

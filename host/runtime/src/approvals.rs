@@ -246,6 +246,16 @@ impl Approvals {
         inner.pending.values().map(|p| p.prompt.clone()).collect()
     }
 
+    /// Whether any prompt waits for a person (cheap: input asks between keys).
+    pub fn any_pending(&self) -> bool {
+        !self
+            .inner
+            .lock()
+            .expect("approvals lock")
+            .pending
+            .is_empty()
+    }
+
     /// One pending prompt.
     pub fn get(&self, id: &str) -> Option<Prompt> {
         let inner = self.inner.lock().expect("approvals lock");

@@ -212,14 +212,6 @@ impl Service for AccessibilityService {
     }
 }
 
-/// An element found by its ref, as it is now.
-#[derive(Clone, Debug)]
-pub struct Resolved {
-    pub element: Element,
-    /// A password field: what is typed into it is never recorded.
-    pub secret: bool,
-}
-
 impl AccessibilityService {
     /// The accessibility bus, connecting when there is none yet.
     async fn bus(&self) -> Result<zbus::Connection, GuestError> {
@@ -342,7 +334,7 @@ impl AccessibilityService {
         &self,
         session: Option<u64>,
         reference: &str,
-    ) -> Result<Resolved, GuestError> {
+    ) -> Result<Element, GuestError> {
         let index = reference
             .strip_prefix('e')
             .and_then(|n| n.parse::<usize>().ok())
@@ -405,7 +397,7 @@ async fn now(
     bus: &zbus::Connection,
     address: &Address,
     reference: &str,
-) -> Result<Resolved, GuestError> {
+) -> Result<Element, GuestError> {
     let gone = |why: &str| GuestError::NotFound(format!("element `{reference}` {why}"));
     let object = accessible(bus, address)
         .await
@@ -423,14 +415,11 @@ async fn now(
         .await
         .filter(|f| f.width > 0 && f.height > 0)
         .ok_or_else(|| gone("has no place on the screen now"))?;
-    Ok(Resolved {
-        secret: role == "password text",
-        element: Element {
-            ref_: reference.to_string(),
-            role,
-            label: (!name.is_empty()).then_some(name),
-            frame,
-        },
+    Ok(Element {
+        ref_: reference.to_string(),
+        role,
+        label: (!name.is_empty()).then_some(name),
+        frame,
     })
 }
 
@@ -664,10 +653,6 @@ impl Host for HostState {
         reference: String,
     ) -> wasmtime::Result<Result<Element, GuestError>> {
         let session = self.grants.session;
-        Ok(self
-            .accessibility()?
-            .resolve(session, &reference)
-            .await
-            .map(|r| r.element))
+        Ok(self.accessibility()?.resolve(session, &reference).await)
     }
 }

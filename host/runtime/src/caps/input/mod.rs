@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use capbridge_policy::{ExplainLine, Grant, GrantContext, GrantKind, Policy};
 use futures_util::future::BoxFuture;
 use serde_json::json;
-use tokio::sync::watch;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::accessibility::AccessibilityService;
+use super::capbridge::host::accessibility::Element;
 use super::capbridge::host::input::{self as wit, Host, MouseButton, Point, Target, Window};
 use super::{AuditEntry, Capability, GuestError, HostContext, Service};
 use crate::approvals::{Approvals, Decision, Prompt};
@@ -119,7 +119,7 @@ pub const MAX_DRAG_MS: u32 = 10_000;
 pub const MAX_SCROLL_STEPS: f64 = 100.0;
 
 /// Automation a person turned on: who may act, for which session, until when.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Automation {
     pub component: String,
@@ -141,8 +141,6 @@ pub struct InputService {
     asking: tokio::sync::Mutex<()>,
     /// Bumped by every stop; an action started before it stops at its next step.
     stops: Arc<AtomicU64>,
-    /// What is on, for the status window and the log.
-    changed: watch::Sender<Vec<Automation>>,
     /// The clipboard `paste` uses, kept so the text it puts back stays there (X11: the
     /// clipboard lives in its owner).
     clipboard: Arc<Mutex<Option<arboard::Clipboard>>>,
@@ -177,20 +175,19 @@ impl InputService {
             on: Mutex::new(HashMap::new()),
             asking: tokio::sync::Mutex::new(()),
             stops: Arc::new(AtomicU64::new(0)),
-            changed: watch::channel(Vec::new()).0,
             clipboard: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// Where automation is on now.
+    /// Where automation is on now, by session and component.
     pub fn active(&self) -> Vec<Automation> {
         self.expire();
-        self.changed.borrow().clone()
-    }
-
-    /// Changes whenever automation turns on or off (or a component acts under it).
-    pub fn watch(&self) -> watch::Receiver<Vec<Automation>> {
-        self.changed.subscribe()
+        let mut list: Vec<Automation> = (self.on.lock().expect("automation lock"))
+            .values()
+            .map(|(_, automation)| automation.clone())
+            .collect();
+        list.sort_by(|a, b| (a.session, &a.component).cmp(&(b.session, &b.component)));
+        list
     }
 
     /// Turns all automation off and interrupts whatever action is running; the next call of
@@ -217,7 +214,6 @@ impl InputService {
         if stopped > 0 {
             tracing::warn!(target: "capbridge::input", "automation off ({why}): {stopped} stopped");
         }
-        self.publish(&on);
         stopped
     }
 
@@ -228,18 +224,7 @@ impl InputService {
         on.retain(|_, (until, _)| *until > now);
         if on.len() != before {
             tracing::warn!(target: "capbridge::input", "automation off: its time ended");
-            self.publish(&on);
         }
-    }
-
-    fn publish(&self, on: &HashMap<(u64, String), (Instant, Automation)>) {
-        let mut list: Vec<Automation> = on.values().map(|(_, a)| a.clone()).collect();
-        list.sort_by(|a, b| (a.session, &a.component).cmp(&(b.session, &b.component)));
-        self.changed.send_if_modified(|current| {
-            let differs = *current != list;
-            *current = list;
-            differs
-        });
     }
 
     /// Refuses unless a person has turned automation on for `caller` (asking them first when
@@ -360,12 +345,10 @@ impl InputService {
             until_ms: crate::approvals::now_ms() + AUTOMATION_DURATION.as_millis() as u64,
             last_action_ms: None,
         };
-        let mut on = self.on.lock().expect("automation lock");
-        on.insert(
+        self.on.lock().expect("automation lock").insert(
             (session, component),
             (Instant::now() + AUTOMATION_DURATION, automation),
         );
-        self.publish(&on);
         true
     }
 
@@ -386,7 +369,6 @@ impl InputService {
         if let Some((_, automation)) = on.get_mut(&(session, caller.component.to_string())) {
             automation.last_action_ms = Some(crate::approvals::now_ms());
         }
-        self.publish(&on);
     }
 
     /// Runs `work` on the display, once `caller` may act, and audits it as `kind` with
@@ -444,7 +426,7 @@ impl Drop for Acting<'_> {
 }
 
 fn refuse_while_prompting(approvals: &Approvals) -> Result<(), GuestError> {
-    if approvals.pending().is_empty() {
+    if !approvals.any_pending() {
         Ok(())
     } else {
         Err(GuestError::Unavailable(
@@ -480,7 +462,7 @@ impl Stop {
 /// A target resolved to a point now: where, and the element when it was a ref.
 struct Aim {
     point: Point,
-    element: Option<super::accessibility::Resolved>,
+    element: Option<Element>,
 }
 
 impl HostState {
@@ -526,14 +508,14 @@ impl Caller<'_> {
                         &self.policy.source,
                     )));
                 };
-                let resolved = accessibility.resolve(self.session, reference).await?;
-                let frame = resolved.element.frame;
+                let element = accessibility.resolve(self.session, reference).await?;
+                let frame = element.frame;
                 Ok(Aim {
                     point: Point {
                         x: f64::from(frame.x) + f64::from(frame.width) / 2.0,
                         y: f64::from(frame.y) + f64::from(frame.height) / 2.0,
                     },
-                    element: Some(resolved),
+                    element: Some(element),
                 })
             }
         }
@@ -544,8 +526,8 @@ fn where_json(aim: &Aim) -> serde_json::Value {
     json!({
         "x": aim.point.x,
         "y": aim.point.y,
-        "ref": aim.element.as_ref().map(|e| e.element.ref_.clone()),
-        "role": aim.element.as_ref().map(|e| e.element.role.clone()),
+        "ref": aim.element.as_ref().map(|e| e.ref_.clone()),
+        "role": aim.element.as_ref().map(|e| e.role.clone()),
     })
 }
 
@@ -783,10 +765,10 @@ impl Host for HostState {
         // The text is recorded only where it is known not to be a secret: typed into an
         // element that is a plain text field.
         detail["text"] = match aim.as_ref().and_then(|a| a.element.as_ref()) {
-            Some(element) if element.secret => json!("(withheld: a password field)"),
-            Some(element) if PLAIN_TEXT_ROLES.contains(&element.element.role.as_str()) => {
-                json!(text)
+            Some(element) if element.role == "password text" => {
+                json!("(withheld: a password field)")
             }
+            Some(element) if PLAIN_TEXT_ROLES.contains(&element.role.as_str()) => json!(text),
             _ => json!("(withheld: the target is not a known text field)"),
         };
         let point = aim.map(|a| a.point);
