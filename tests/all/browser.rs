@@ -360,14 +360,14 @@ async fn bridge_allowing(origin: &str) -> (Fixture, Bridge) {
 
 /// Serves the page at `/` and takes reports at `POST /report` (any origin: the body is read as
 /// text, nothing is answered but 204).
-struct PageServer {
-    port: u16,
+pub(crate) struct PageServer {
+    pub(crate) port: u16,
     reports: mpsc::UnboundedReceiver<String>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl PageServer {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let (sender, reports) = mpsc::unbounded_channel();
         let app = Router::new()
             .route("/", get(|| async { Html(PAGE) }))
@@ -482,13 +482,13 @@ fn chromium() -> PathBuf {
 
 /// A headless Chromium with a fresh profile, killed with all its processes when dropped (also
 /// when a test fails).
-struct Browser {
+pub(crate) struct Browser {
     child: Child,
     dir: tempfile::TempDir,
 }
 
 impl Browser {
-    fn launch(extra: &[&str], url: &str) -> Self {
+    pub(crate) fn launch(extra: &[&str], url: &str) -> Self {
         let dir = tempfile::tempdir().expect("browser temp dir");
         let profile = dir.path().join("profile");
         let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
@@ -523,6 +523,11 @@ impl Browser {
 
     /// The page's report (from `pages`), or a failure saying why there is none.
     async fn report(mut self, pages: &mut PageServer) -> Value {
+        self.next_report(pages).await
+    }
+
+    /// The next report a page of this browser posts to `pages`.
+    pub(crate) async fn next_report(&mut self, pages: &mut PageServer) -> Value {
         let deadline = tokio::time::Instant::now() + BROWSER_TIMEOUT;
         let text = loop {
             tokio::select! {

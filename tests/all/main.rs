@@ -16,6 +16,7 @@ mod filesystem;
 mod invoke;
 mod live;
 mod mcp;
+mod plugins;
 mod replay;
 mod sandbox;
 mod system;

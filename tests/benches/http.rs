@@ -7,6 +7,9 @@
 //! - `POST /api/v1/filesystem/read` of a 4 KiB file through the sandboxed `filesystem`
 //!   component, against a native route that reads the same file and answers the same JSON;
 //! - `GET /api/v1/system/info` through the `system` component;
+//! - a component route (`GET /plugins/probe/items/42`, the `web-probe` component describing the
+//!   request) against a native route answering the same JSON, and a 4 KiB file of its web UI
+//!   on its own host against a native route reading the same file;
 //!
 //! and the ratios component / native from the same run.
 
@@ -31,12 +34,21 @@ struct Figures {
 /// Runs wrk against `url`, with the session header when `token` is given, as a POST of `body`
 /// when one is given.
 fn wrk(url: &str, token: Option<&str>, body: Option<&str>) -> Figures {
+    let headers: Vec<(&str, &str)> = token
+        .map(|token| ("X-OSLOOP-BRIDGE-TOKEN", token))
+        .into_iter()
+        .collect();
+    wrk_with(url, &headers, body)
+}
+
+/// [`wrk`] with any request headers (`Host`, `Cookie`).
+fn wrk_with(url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new("wrk");
     command.args(["--latency", "-t1", "-c", CONNECTIONS, "-d", DURATION]);
     let mut script = String::new();
-    if let Some(token) = token {
-        script += &format!("wrk.headers[\"X-OSLOOP-BRIDGE-TOKEN\"] = \"{token}\"\n");
+    for (name, value) in headers {
+        script += &format!("wrk.headers[\"{name}\"] = \"{value}\"\n");
     }
     if let Some(body) = body {
         script += &format!(
@@ -96,6 +108,21 @@ fn main() {
         &component("system"),
         Some(&shipped_policy("system")),
     );
+    // A component with an owner route and a web UI (rate limits apply to open routes only).
+    fixture.add(
+        "probe",
+        &capbridge_tests::program("web-probe"),
+        Some(
+            "version = 1\n[grants.serve.web]\nauth = \"owner\"\n\
+             [[grants.serve.routes]]\nid = \"item\"\npath = \"/items/:id\"\n\
+             methods = [\"GET\"]\nauth = \"owner\"\n",
+        ),
+    );
+    let web = fixture.components_dir().join("probe/web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("index.html"), "<html><head></head></html>").unwrap();
+    std::fs::write(web.join("page.txt"), "capbridge ".repeat(410)).unwrap();
+    let web_file = web.join("page.txt");
     // The audit log on, as `capbridge serve` keeps it (a second bridge without it, below).
     let state = tempfile::tempdir().unwrap();
     let audited = |audit: bool| capbridge_runtime::RuntimeConfig {
@@ -110,6 +137,21 @@ fn main() {
             .route(
                 "/bench/noop",
                 post(|Json(_): Json<Value>| async { Json(json!({ "result": null })) }),
+            )
+            .route(
+                "/bench/describe/{id}",
+                axum::routing::get(
+                    |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                        Json(json!({ "route": "item", "method": "GET", "params": [["id", id]] }))
+                    },
+                ),
+            )
+            .route(
+                "/bench/file",
+                axum::routing::get(move || {
+                    let file = web_file.clone();
+                    async move { tokio::fs::read(&file).await.unwrap() }
+                }),
             )
             .route(
                 "/bench/read",
@@ -167,6 +209,41 @@ fn main() {
     );
     let info = wrk(&format!("{base}/api/v1/system/info"), Some(&token), None);
     report("GET /api/v1/system/info", &info);
+
+    let describe = wrk(&format!("{base}/bench/describe/42"), Some(&token), None);
+    report("GET native route answering JSON", &describe);
+    let route = wrk(
+        &format!("{base}/plugins/probe/items/42"),
+        Some(&token),
+        None,
+    );
+    report("GET /plugins/probe/items/42 (component route)", &route);
+    println!(
+        "component route / native: {:.2}x the requests/s",
+        route.requests_per_second / describe.requests_per_second
+    );
+    let serve = server
+        .shared()
+        .runtime
+        .service::<capbridge_runtime::caps::serve::ServeService>()
+        .unwrap();
+    let secret = serve
+        .redeem("probe", &serve.launch_code("probe").unwrap())
+        .unwrap();
+    let host = format!("probe.localhost:{}", server.addr().port());
+    let cookie = format!("capbridge-ui={secret}");
+    let native_file = wrk(&format!("{base}/bench/file"), Some(&token), None);
+    report("GET native read of a 4 KiB file (bytes)", &native_file);
+    let web_file = wrk_with(
+        &format!("{base}/plugins/probe/ui/page.txt"),
+        &[("Host", &host), ("Cookie", &cookie)],
+        None,
+    );
+    report("GET a 4 KiB file of a component's web UI", &web_file);
+    println!(
+        "web UI file / native: {:.2}x the requests/s",
+        web_file.requests_per_second / native_file.requests_per_second
+    );
 
     // The same read on a bridge without the audit log: what writing (and fsyncing) the
     // entries before answering costs.

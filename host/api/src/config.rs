@@ -61,6 +61,12 @@ pub struct BridgeConfig {
     /// How many days audit entries are kept (`capbridge audit`, `GET /api/v1/audit`).
     #[serde(default = "default_audit_retention_days")]
     pub audit_retention_days: u64,
+    /// Component web UIs served from a local development server instead of their directory
+    /// (seed 004's dev proxy): component id → `http://localhost:<port>`. Loopback only, and
+    /// never the port of an allowed web-app origin (the default dev origins' 5173 included): a
+    /// component's dev server must not be a page that may use the contract.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dev_proxy: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -190,6 +196,75 @@ impl BridgeConfig {
             (1..=3650).contains(&self.audit_retention_days),
             "audit-retention-days must be from 1 to 3650"
         );
+        for (component, target) in &self.dev_proxy {
+            self.check_dev_proxy(target)
+                .with_context(|| format!("dev-proxy.{component}: `{target}`"))?;
+        }
+        self.check_bound_port(self.port)
+    }
+
+    /// What depends on the port the bridge is bound to (the configured one, or a one-run
+    /// override): no allowed origin may be a component's own web UI origin
+    /// (`http://<id>.localhost:<port>`), and no dev proxy may point at the bridge itself.
+    pub fn check_bound_port(&self, port: u16) -> anyhow::Result<()> {
+        for origin in self.origins.iter().chain(&self.dev_origins) {
+            let component_host = url::Url::parse(origin).is_ok_and(|url| {
+                url.host_str().is_some_and(|h| h.ends_with(".localhost"))
+                    && url.port_or_known_default() == Some(port)
+            });
+            anyhow::ensure!(
+                !component_host,
+                "origins: `{origin}` is a component's web UI origin on the bridge's port; a \
+                 component's page may not use the contract"
+            );
+        }
+        for (component, target) in &self.dev_proxy {
+            let own = url::Url::parse(target).is_ok_and(|url| url.port() == Some(port));
+            anyhow::ensure!(
+                !own,
+                "dev-proxy.{component}: `{target}` is the bridge's own port"
+            );
+        }
+        Ok(())
+    }
+
+    /// A dev proxy target: `http://` on a loopback name with a port, nothing else, and not the
+    /// port of an allowed web-app origin on loopback (in either mode) nor the bridge's own.
+    fn check_dev_proxy(&self, target: &str) -> anyhow::Result<()> {
+        let url = url::Url::parse(target)?;
+        anyhow::ensure!(url.scheme() == "http", "the dev proxy speaks http:// only");
+        // Every name and address that reaches this machine: `localhost` and its subdomains (as
+        // browsers resolve them), and loopback addresses.
+        let loopback = |url: &url::Url| match url.host() {
+            Some(url::Host::Domain(name)) => name == "localhost" || name.ends_with(".localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        anyhow::ensure!(
+            loopback(&url),
+            "not a loopback target (localhost, a *.localhost name, a loopback address): a \
+             component's dev server \
+             runs on this machine"
+        );
+        anyhow::ensure!(
+            url.path() == "/" && url.query().is_none() && url.username().is_empty(),
+            "give the server alone, `http://localhost:<port>`: requests keep their path"
+        );
+        let port = url
+            .port()
+            .ok_or_else(|| anyhow::anyhow!("name the dev server's port"))?;
+        let allowed = self.origins.iter().chain(&self.dev_origins).find(|origin| {
+            url::Url::parse(origin)
+                .is_ok_and(|o| loopback(&o) && o.port_or_known_default() == Some(port))
+        });
+        if let Some(origin) = allowed {
+            anyhow::bail!(
+                "port {port} is the port of `{origin}`, an origin allowed to use the contract: \
+                 a component's dev server there would be a page that may use the contract. Run \
+                 the component's dev server on another port"
+            );
+        }
         Ok(())
     }
 

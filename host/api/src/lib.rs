@@ -1,7 +1,8 @@
 //! capbridge's localhost contract (seed 000, "OS Loop bridge"): the HTTP + WebSocket server a
 //! web app discovers on 127.0.0.1 and trusts with a session token.
 //!
-//! Request path, outermost first: connection log → uniform JSON errors → `Host`/`Origin` checks
+//! Request path, outermost first: connection log → components' `/plugins` and own hosts
+//! (`plugins`) → uniform JSON errors → `Host`/`Origin` checks
 //! → CORS (allowed origins only) → body limit → request timeout → session check → handler.
 
 pub mod config;
@@ -9,6 +10,7 @@ pub mod connlog;
 pub mod error;
 mod listener;
 pub mod openapi;
+pub mod plugins;
 #[cfg(test)]
 mod router_tests;
 mod routes;
@@ -82,6 +84,7 @@ impl Shared {
         tray: Option<watch::Receiver<tray::TrayState>>,
     ) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
+        config.check_bound_port(port)?;
         Ok(Arc::new(Shared {
             commands: std::sync::Mutex::new((
                 runtime.generation(),
@@ -230,6 +233,14 @@ async fn audit_durable(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let response = next.run(request).await;
+    durable(&shared, response).await
+}
+
+/// `response`, once the audit entries made so far are on disk; a 500 if they cannot be written.
+pub(crate) async fn durable(
+    shared: &Shared,
+    response: axum::response::Response,
+) -> axum::response::Response {
     match shared.runtime.audit().flush().await {
         Ok(()) => response,
         // What was done could not be recorded: the client is not told it went well.
@@ -346,6 +357,9 @@ fn router_with(shared: Arc<Shared>, extra: Option<Router<Arc<Shared>>>) -> Route
             security::check_host_and_origin,
         ))
         .layer(from_fn(error::uniform_errors))
+        // Components' own HTTP answers as they are (their 404 is theirs), so before the
+        // uniform errors; the contract's checks do not apply to it (see `plugins`).
+        .layer(from_fn_with_state(shared.clone(), plugins::dispatch))
         .layer(from_fn_with_state(shared.clone(), connlog::record))
         .with_state(shared)
 }

@@ -118,7 +118,12 @@ async fn accept(
             .await
             .expect("the connection semaphore is never closed");
         match listener.accept().await {
-            Ok((stream, _)) => return (stream, slot),
+            Ok((stream, _)) => {
+                // Answers go out as they are written (a streamed file's last chunk does not wait
+                // for the client's delayed acknowledgement of the one before).
+                let _ = stream.set_nodelay(true);
+                return (stream, slot);
+            }
             // The client gave up before it was accepted.
             Err(e) if is_connection_error(&e) => {}
             // Out of file descriptors, most likely: wait for some to be closed (as hyper 0.14's

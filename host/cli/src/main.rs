@@ -181,6 +181,17 @@ enum ComponentCommand {
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
     },
+    /// Open a component's web UI in the browser, signed in: a one-time link, valid for 60 s,
+    /// from the running capbridge (over its prompt socket).
+    Open {
+        component: String,
+        /// Print the link instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+        /// The port of the bridge [default: the config's port]
+        #[arg(long)]
+        port: Option<u16>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -422,6 +433,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay { trace, wasm } => replay::replay_one(config, &trace, wasm.as_deref()),
         Command::Test { dir, wasm } => replay::test_dir(config, &dir, wasm.as_deref()),
         Command::Serve(args) => serve(config, &config_file?, args),
+        Command::Component(ComponentCommand::Open {
+            component,
+            print,
+            port,
+        }) => {
+            let port = match port {
+                Some(port) => port,
+                None => BridgeConfig::load_or_create(&config_file?)?.port,
+            };
+            open_component(port, &component, print)
+        }
         Command::Prompts { port, command } => {
             let port = match port {
                 Some(port) => port,
@@ -578,6 +600,35 @@ fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::
         println!("capbridge: stopped");
         anyhow::Ok(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `capbridge component open`: a launch link from the bridge on `port`, printed, and opened in
+/// the person's browser (`xdg-open`) unless `print`.
+fn open_component(port: u16, id: &str, print: bool) -> anyhow::Result<ExitCode> {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let request = prompts::Request::OpenComponent { id: id.to_string() };
+    let response = tokio.block_on(prompts::ask(port, &request))?;
+    if !response.ok {
+        anyhow::bail!("{}", response.error.unwrap_or_default());
+    }
+    let url = response.url.unwrap_or_default();
+    println!("{url}");
+    if !print {
+        let opened = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .status();
+        match opened {
+            Ok(status) if status.success() => {
+                eprintln!("opened in your browser; the link works once, within 60 s")
+            }
+            Ok(status) => anyhow::bail!("xdg-open {status}: open the link above yourself"),
+            Err(e) => anyhow::bail!("cannot run xdg-open ({e}): open the link above yourself"),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

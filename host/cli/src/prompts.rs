@@ -5,8 +5,10 @@
 //!
 //! The socket speaks one JSON line each way per connection: `{"op": "list"}`, `{"op":
 //! "decide", "id": "req-1", "decision": "allow_once" | "allow_and_whitelist" | "reject"}` or
-//! `{"op": "stop_input"}` (`capbridge stop-input`: all automation off at once), answered by
-//! `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
+//! `{"op": "stop_input"}` (`capbridge stop-input`: all automation off at once) or `{"op":
+//! "open_component", "id": "dash"}` (`capbridge component open`: a one-time launch link for a
+//! component's web UI, in `url`), answered by `{"ok": true, ...}` or `{"ok": false, "error":
+//! "..."}`.
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -17,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use capbridge_runtime::approvals::{Approvals, DecideError, Decider, Decision, Prompt};
 use capbridge_runtime::caps::input::InputService;
+use capbridge_runtime::caps::serve::ServeService;
 use capbridge_runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -42,8 +45,15 @@ pub fn socket_path(port: u16) -> PathBuf {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     List,
-    Decide { id: String, decision: Decision },
+    Decide {
+        id: String,
+        decision: Decision,
+    },
     StopInput,
+    /// A one-time launch link opening component `id`'s web UI (`capbridge component open`).
+    OpenComponent {
+        id: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,6 +68,9 @@ pub struct Response {
     /// How many automations `stop_input` turned off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<usize>,
+    /// The launch link `open_component` made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Response {
@@ -68,6 +81,7 @@ impl Response {
             prompts: None,
             prompt: None,
             stopped: None,
+            url: None,
         }
     }
 
@@ -78,6 +92,7 @@ impl Response {
             prompts: None,
             prompt: None,
             stopped: None,
+            url: None,
         }
     }
 }
@@ -93,6 +108,8 @@ pub async fn answer_on_socket(
     let faces = Faces {
         approvals: runtime.approvals().clone(),
         input: runtime.service::<InputService>(),
+        serve: runtime.service::<ServeService>(),
+        port,
     };
     Ok((socket, tokio::spawn(serve_socket(listener, faces))))
 }
@@ -102,6 +119,10 @@ pub async fn answer_on_socket(
 pub struct Faces {
     pub approvals: Approvals,
     pub input: Option<Arc<InputService>>,
+    /// Components' web UIs, which `open_component` makes launch links for.
+    pub serve: Option<Arc<ServeService>>,
+    /// The bridge's port, for those links.
+    pub port: u16,
 }
 
 /// Answers `capbridge prompts` and `capbridge stop-input` on `listener` until the task is
@@ -144,6 +165,19 @@ async fn answer(stream: UnixStream, faces: &Faces) -> std::io::Result<()> {
                 stopped: Some(faces.input.as_ref().map_or(0, |input| input.stop_all())),
                 ..Response::ok()
             },
+            Ok(Request::OpenComponent { id }) => {
+                let code = match &faces.serve {
+                    Some(serve) => serve.launch_code(&id),
+                    None => Err("this capbridge serves no component web UIs".to_string()),
+                };
+                match code {
+                    Ok(code) => Response {
+                        url: Some(capbridge_api::plugins::launch_url(&id, faces.port, &code)),
+                        ..Response::ok()
+                    },
+                    Err(e) => Response::error(e),
+                }
+            }
             Ok(Request::Decide { id, decision }) => {
                 match approvals.decide(&id, decision, Decider::PromptsCli) {
                     Ok(prompt) => Response {

@@ -68,6 +68,7 @@ pub trait Grant: Any + Debug + Send + Sync {
 /// where to report problems.
 pub struct GrantContext<'a> {
     pub(crate) key: &'static str,
+    pub(crate) component_id: &'a str,
     pub instance: InstanceMode,
     pub directories: &'a [DirectoryGrant],
     pub home: Option<&'a Path>,
@@ -75,6 +76,11 @@ pub struct GrantContext<'a> {
 }
 
 impl GrantContext<'_> {
+    /// The id of the component whose policy is read.
+    pub fn component_id(&self) -> &str {
+        self.component_id
+    }
+
     /// Reports a problem with the value; `suffix` is appended to `grants.<key>` (`[2]`,
     /// `.programs[0]`, or empty for the whole value).
     pub fn problem(&mut self, suffix: &str, message: impl Into<String>) {

@@ -292,6 +292,7 @@ impl Policy {
                     let span = value.span();
                     let mut cx = GrantContext {
                         key: kind.key(),
+                        component_id,
                         instance: file.instance,
                         directories: &directories,
                         home: home.as_deref(),

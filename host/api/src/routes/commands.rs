@@ -77,6 +77,11 @@ impl Registry {
                 ) else {
                     continue;
                 };
+                // The host calls a component's route handler for its routes (`/plugins`); the
+                // web app reaches them there, never as a command with a made-up request.
+                if export.name == capbridge_runtime::caps::serve::HANDLER {
+                    continue;
+                }
                 let name = format!("{}.{}", info.id, export.name);
                 let description = if about.is_empty() {
                     export.signature.clone()

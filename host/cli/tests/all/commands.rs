@@ -32,7 +32,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// One person's machine, all in temporary directories: HOME, the XDG directories, the
 /// components and policy, the config file, and the directory commands run in.
-struct Home {
+pub(crate) struct Home {
     dir: tempfile::TempDir,
     /// `XDG_RUNTIME_DIR`: a directory of its own, private (0700) as a login session's is.
     runtime_dir: tempfile::TempDir,
@@ -41,7 +41,7 @@ struct Home {
 impl Home {
     /// The shipped commands component and policy, the policy's `working-directories = ["~"]`
     /// replaced by this home's `work` directory.
-    fn new() -> Home {
+    pub(crate) fn new() -> Home {
         let dir = tempfile::tempdir().expect("temp dir");
         for sub in [
             "home",
@@ -78,7 +78,7 @@ impl Home {
         home
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -127,7 +127,7 @@ impl Home {
     }
 
     /// `capbridge <global options>` with this home's environment and nothing else.
-    fn capbridge(&self) -> Command {
+    pub(crate) fn capbridge(&self) -> Command {
         self.wrapped(&[])
     }
 
@@ -162,7 +162,7 @@ impl Home {
 
 /// Where `serve`'s standard input comes from.
 #[derive(Clone, Copy, PartialEq)]
-enum Stdin {
+pub(crate) enum Stdin {
     /// A pseudo-terminal (`script`), as when a person runs it in a terminal: it asks there.
     Terminal,
     /// Nothing (`/dev/null`), as under a service manager: only `capbridge prompts` answers.
@@ -217,7 +217,7 @@ impl Printed {
 
 /// A running `capbridge serve --port 0` of a [`Home`], with a contract session. Dropping it kills
 /// capbridge and everything it started (SIGKILL), panic or not.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     /// The terminal's keyboard ([`Stdin::Terminal`]).
     keyboard: Option<ChildStdin>,
@@ -225,13 +225,13 @@ struct Serve {
     printed: Printed,
     /// Its stderr ([`Stdin::Null`]), or `script`'s own.
     log: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
     token: String,
     http: reqwest::Client,
 }
 
 impl Serve {
-    async fn start(home: &Home, stdin: Stdin) -> Serve {
+    pub(crate) async fn start(home: &Home, stdin: Stdin) -> Serve {
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let log = home.path().join(format!(
             "serve-{}.log",
@@ -323,7 +323,7 @@ impl Serve {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

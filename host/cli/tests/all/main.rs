@@ -6,6 +6,7 @@ mod capabilities;
 mod cli;
 mod commands;
 mod desktop;
+mod plugins;
 mod replay;
 
 use std::process::{Command, Output};

@@ -28,6 +28,7 @@ pub mod mcp;
 pub mod network;
 pub mod process;
 pub mod screen;
+pub mod serve;
 pub mod system;
 
 use std::any::Any;
@@ -73,6 +74,7 @@ pub static ALL: &[&dyn Capability] = &[
     &screen::Screen,
     &accessibility::Accessibility,
     &input::Input,
+    &serve::Serve,
 ];
 
 /// The policy halves of [`ALL`], for reading policy files.
@@ -157,6 +159,12 @@ pub trait Capability: GrantKind {
         Ok(())
     }
 
+    /// Refuses a component that does not fit what its policy declares for this capability (an
+    /// export it needs, a file it names); checked at load, once compiled.
+    fn check_component(&self, _policy: &Policy, _facts: &ComponentFacts<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Whether `policy` grants it.
     fn granted_by(&self, policy: &Policy) -> bool {
         policy.grants_key(self.key())
@@ -167,6 +175,14 @@ pub trait Capability: GrantKind {
     fn explain_among(&self, _policy: &Policy, _others: &[&Policy]) -> Vec<ExplainLine> {
         Vec::new()
     }
+}
+
+/// What a loaded component is, for [`Capability::check_component`].
+pub struct ComponentFacts<'a> {
+    /// Its exported functions, as `Runtime::call` names them (`route-handler.handle`).
+    pub exports: &'a [String],
+    /// Its own directory, `components/<id>/` (a web UI's files, recorded tests).
+    pub dir: &'a std::path::Path,
 }
 
 /// What a capability's host-wide state is created from.

@@ -708,6 +708,19 @@ impl Runtime {
 
         check_imports(&policy, info.imports.iter().map(String::as_str))
             .map_err(|e| e.to_string())?;
+        let names: Vec<String> = functions.iter().map(|(name, _)| name.clone()).collect();
+        let facts = crate::caps::ComponentFacts {
+            exports: &names,
+            dir: &self.config.components_dir.join(&id),
+        };
+        for cap in crate::caps::ALL
+            .iter()
+            .filter(|cap| cap.granted_by(&policy))
+        {
+            cap.check_component(&policy, &facts).map_err(|why| {
+                format!("grants.{} in {}: {why}", cap.key(), policy.source.display())
+            })?;
+        }
         let linker =
             granted_linker(&self.engine, &policy).map_err(|e| format!("linking: {e:#}"))?;
         let pre = linker
