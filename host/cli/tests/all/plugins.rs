@@ -199,3 +199,39 @@ async fn a_new_user_drops_in_a_dashboard_posts_to_its_webhook_and_opens_it() {
     ]);
     assert_eq!(code, "403", "a cross-site post: {body}");
 }
+
+/// A route call is an ordinary call: a component author records one from the terminal and
+/// replays it as a test (`capbridge replay`, `capbridge test`).
+#[test]
+fn a_route_call_records_and_replays_like_any_call() {
+    let fx = capbridge_tests::Fixture::new();
+    fx.add("dash", &program("web-probe"), Some(POLICY));
+    let web = fx.components_dir().join("dash/web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("index.html"), "<html><head></head></html>").unwrap();
+    let trace = fx.path().join("dash/tests/github.trace.json");
+    std::fs::create_dir_all(trace.parent().unwrap()).unwrap();
+    let request = serde_json::json!({ "request": {
+        "route-id": "github", "method": "POST", "path": "/hooks/github", "query": [],
+        "path-params": [], "headers": [["content-type", "application/json"]],
+        "body": "{\"action\":\"opened\"}", "body-encoding": "utf8",
+        "base-url": "http://127.0.0.1:47832/plugins/dash",
+    }});
+    let answer = ok(&crate::capbridge(
+        &fx,
+        &[
+            "component",
+            "call",
+            "dash",
+            "route-handler.handle",
+            &request.to_string(),
+            "--record",
+            trace.to_str().unwrap(),
+        ],
+    ));
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["status"], 202, "{answer}");
+    let replayed = crate::capbridge(&fx, &["replay", trace.to_str().unwrap()]);
+    let text = ok(&replayed);
+    assert!(text.starts_with("ok"), "{text}");
+}
