@@ -559,6 +559,11 @@ async fn policies_are_checked_at_load_overlap_tunnels_and_a_missing_handler() {
     add_probe(&fixture, "overlap", &overlap);
     let tunnel = format!("{POLICY}\n[[grants.serve.routes]]\nid = \"t\"\npath = \"/t\"\nmethods = [\"GET\"]\nauth = \"none\"\ntunnel-exposed = true\n");
     add_probe(&fixture, "tunnel", &tunnel);
+    let seed = POLICY.replace(
+        "api-mount = \"/api\"",
+        "api-mount = \"/api\"\ntunnel_exposed = true",
+    );
+    add_probe(&fixture, "seed-tunnel", &seed);
     // A component with routes but no route-handler export (echo exports other things).
     fixture.add(
         "nohandler",
@@ -590,6 +595,9 @@ async fn policies_are_checked_at_load_overlap_tunnels_and_a_missing_handler() {
         why.contains("tunnel-exposed") && why.contains("loopback only"),
         "{why}"
     );
+    // Seed 004's spelling gets the same reason, not "unknown field".
+    let why = failure(&runtime, "seed-tunnel");
+    assert!(why.contains("loopback only"), "{why}");
     let why = failure(&runtime, "nohandler");
     assert!(why.contains("route-handler"), "{why}");
 }

@@ -88,8 +88,8 @@ pub struct ServeGrantFile {
     #[serde(default = "default_body_kib")]
     #[schemars(range(min = 1, max = 32768))]
     pub max_body_kib: u64,
-    /// Refused: capbridge is loopback only.
-    #[serde(default)]
+    /// Refused: capbridge is loopback only (also read as seed 004's `tunnel_exposed`, to say so).
+    #[serde(default, alias = "tunnel_exposed")]
     #[schemars(skip)]
     pub tunnel_exposed: Option<toml::Value>,
 }
@@ -117,8 +117,8 @@ pub struct RouteFile {
     /// Off: a request whose `Origin` is present and not the component's own is refused.
     #[serde(default)]
     pub cross_site: bool,
-    /// Refused: capbridge is loopback only.
-    #[serde(default)]
+    /// Refused: capbridge is loopback only (also read as seed 004's `tunnel_exposed`, to say so).
+    #[serde(default, alias = "tunnel_exposed")]
     #[schemars(skip)]
     pub tunnel_exposed: Option<toml::Value>,
 }
@@ -140,8 +140,8 @@ pub struct WebFile {
     /// Where the page's routes are, for the injected `window.__capbridge.apiUrl` (default `/api`).
     #[serde(default = "default_api_mount")]
     pub api_mount: String,
-    /// Refused: capbridge is loopback only.
-    #[serde(default)]
+    /// Refused: capbridge is loopback only (also read as seed 004's `tunnel_exposed`, to say so).
+    #[serde(default, alias = "tunnel_exposed")]
     #[schemars(skip)]
     pub tunnel_exposed: Option<toml::Value>,
 }
