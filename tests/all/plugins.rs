@@ -3,7 +3,6 @@
 //! with its web files, as a user would.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use capbridge_api::BridgeConfig;
@@ -218,10 +217,7 @@ impl Site {
 pub(crate) fn add_probe(fixture: &Fixture, id: &str, policy: &str) {
     fixture.add(id, &program("web-probe"), Some(policy));
     let web = fixture.components_dir().join(id).join("web");
-    copy_dir(
-        &capbridge_tests::root().join("tests/programs/web-probe/web"),
-        &web,
-    );
+    capbridge_tests::copy_web_probe_ui(&web);
     std::fs::write(web.join(".env"), "SECRET=never-served").unwrap();
     std::fs::create_dir_all(web.join(".git")).unwrap();
     std::fs::write(web.join(".git/config"), "[core]").unwrap();
@@ -232,18 +228,6 @@ pub(crate) fn add_probe(fixture: &Fixture, id: &str, policy: &str) {
     .unwrap();
     let _ = std::os::unix::fs::symlink(fixture.path().join("outside.txt"), web.join("out.txt"));
     let _ = std::os::unix::fs::symlink(fixture.path(), web.join("up"));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn pair<'a>(list: &'a Value, name: &str) -> Option<&'a str> {

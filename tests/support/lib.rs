@@ -26,6 +26,24 @@ pub fn program(name: &str) -> PathBuf {
     path
 }
 
+/// Copies the web UI of the `web-probe` test program (`tests/programs/web-probe/web`) to `to`, as
+/// a component's `components/<id>/web`.
+pub fn copy_web_probe_ui(to: &Path) {
+    copy_dir(&root().join("tests/programs/web-probe/web"), to);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create directory");
+    for entry in std::fs::read_dir(from).expect("read directory").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy file");
+        }
+    }
+}
+
 /// A first-party component as installed by `cargo xtask build`.
 pub fn component(id: &str) -> PathBuf {
     let path = root().join("components").join(format!("{id}.wasm"));

@@ -51,6 +51,8 @@ pub struct ApiError {
     pub message: String,
     pub hint: Option<String>,
     pub details: Option<serde_json::Value>,
+    /// Seconds to wait before trying again: sent as `Retry-After` (and in the details).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -61,7 +63,14 @@ impl ApiError {
             message: message.into(),
             hint: None,
             details: None,
+            retry_after: None,
         }
+    }
+
+    /// A refusal to try again in `seconds`: `Retry-After` and `details.retryAfterSeconds`.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self.with_details(serde_json::json!({ "retryAfterSeconds": seconds }))
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -101,6 +110,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
             .extensions_mut()
             .insert(ErrorCode(self.code.to_string()));

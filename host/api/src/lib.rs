@@ -115,6 +115,11 @@ impl Shared {
         commands.1.clone()
     }
 
+    /// Whether `origin` (as a browser sends it in `Origin`) may use the contract.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.origins.iter().any(|allowed| allowed == origin)
+    }
+
     /// Publishes one of the bridge's own events (`bridge.*`) on the bus components use too.
     pub fn publish(&self, topic: &str, payload: serde_json::Value) {
         self.runtime

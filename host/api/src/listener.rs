@@ -229,12 +229,7 @@ pub(crate) async fn bound_body(
     next: Next,
 ) -> Result<Response, ApiError> {
     let limit = u64::try_from(shared.config.max_body_bytes).unwrap_or(u64::MAX);
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    if declared_length(request.headers()).is_some_and(|length| length > limit) {
         return Err(error::too_large());
     }
     let deadline = Instant::now() + shared.config.request_timeout();
@@ -246,6 +241,14 @@ pub(crate) async fn bound_body(
         })
     });
     Ok(next.run(request).await)
+}
+
+/// The body length a request declares in `Content-Length`, when it declares one.
+pub(crate) fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// A body whose reading fails with [`BodyTimeout`] once `deadline` has passed.

@@ -90,11 +90,7 @@ async fn answer(shared: Arc<Shared>, request: Request) -> Result<Response, Reque
     let path = request.uri().path().to_string();
     let own = host
         .strip_suffix(&format!(".localhost:{}", shared.port))
-        .filter(|id| {
-            serve
-                .served(id)
-                .is_some_and(|g| g.web.is_some() || !g.routes.is_empty())
-        })
+        .filter(|id| serve.served(id).is_some())
         .map(str::to_string);
     match own {
         Some(id) => {
@@ -121,7 +117,7 @@ async fn answer(shared: Arc<Shared>, request: Request) -> Result<Response, Reque
                 .headers()
                 .get(header::ORIGIN)
                 .and_then(|o| o.to_str().ok())
-                .is_some_and(|o| shared.origins.iter().any(|a| a == o));
+                .is_some_and(|o| shared.allows_origin(o));
             if !allowed_origin {
                 return Ok(serve_component(shared.clone(), serve, Place::Contract, request).await);
             }
@@ -182,12 +178,12 @@ async fn serve_component(
     };
     let Some(segments) = decode_segments(rest) else {
         // Under the web mount such a path is a file refused (404), as every other way out is.
-        let under_web = grant.web.as_ref().is_some_and(|web| {
-            let mount = web.mount.text.trim_end_matches('/');
-            rest.strip_prefix(mount)
-                .is_some_and(|after| after.is_empty() || after.starts_with('/'))
-        });
-        if under_web {
+        let raw: Vec<String> = rest
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if grant.under_web(&raw).is_some() {
             return not_found("no such file").into_response();
         }
         return ApiError::bad_request(
@@ -296,7 +292,7 @@ fn authorize(
         let checked =
             crate::security::authenticate(shared, Some(token), origin, "").and_then(|session| {
                 match origin {
-                    Some(o) if !shared.origins.iter().any(|a| a == o) => Err(ApiError::forbidden(
+                    Some(o) if !shared.allows_origin(o) => Err(ApiError::forbidden(
                         "origin_not_allowed",
                         "this origin is not allowed to use the bridge",
                     )),
@@ -346,7 +342,7 @@ fn authorize(
                          a minute; try again in {seconds} s"
                     ),
                 )
-                .with_details(json!({ "retryAfterSeconds": seconds })));
+                .with_retry_after(seconds));
             }
             Ok(None)
         }
@@ -376,21 +372,6 @@ fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'
             let (key, value) = pair.trim().split_once('=')?;
             (key == name).then_some(value)
         })
-}
-
-/// An error as a response, with `Retry-After` when it is a rate limit.
-fn refusal(error: ApiError) -> Response {
-    let retry = error
-        .details
-        .as_ref()
-        .and_then(|d| d["retryAfterSeconds"].as_u64());
-    let mut response = error.into_response();
-    if let Some(seconds) = retry {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,10 +436,7 @@ async fn serve_route(
         cross_site: route.cross_site,
         what: &what,
     };
-    let session = match authorize(shared, serve, gate, request.headers()) {
-        Ok(session) => session,
-        Err(error) => return Ok(refusal(error)),
-    };
+    let session = authorize(shared, serve, gate, request.headers())?;
     let (parts, body) = request.into_parts();
     let body = read_body(shared, &parts.headers, body, grant.max_body_bytes).await?;
     let (body, body_encoding) = match String::from_utf8(body.to_vec()) {
@@ -609,10 +587,6 @@ async fn read_body(
     body: Body,
     limit: usize,
 ) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -623,7 +597,7 @@ async fn read_body(
             ),
         )
     };
-    if declared.is_some_and(|length| length > limit as u64) {
+    if crate::listener::declared_length(headers).is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
     match tokio::time::timeout(
@@ -660,14 +634,18 @@ fn host_controlled(name: &HeaderName) -> bool {
     NAMES.contains(&name.as_str()) || name.as_str().starts_with("access-control-")
 }
 
-/// The request's headers as the component sees them: no session token, no cookies (every
-/// cookie on these hosts is capbridge's), no hop-by-hop headers.
+/// Whether a request header goes on to the component (its handler, its dev server): not the
+/// session token, not cookies (every cookie on these hosts is capbridge's), not `Host`, not what
+/// the host controls.
+fn passed_on(name: &HeaderName) -> bool {
+    !matches!(name.as_str(), TOKEN_HEADER | "cookie" | "host") && !host_controlled(name)
+}
+
+/// The request's headers as the handler sees them ([`passed_on`], values that are text).
 fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(name, _)| {
-            !matches!(name.as_str(), TOKEN_HEADER | "cookie" | "host") && !host_controlled(name)
-        })
+        .filter(|(name, _)| passed_on(name))
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
         .collect()
 }
@@ -684,14 +662,12 @@ async fn serve_web(
     request: Request,
 ) -> Result<Response, ApiError> {
     let id = grant.component.as_str();
-    let home = format!(
-        "http://{id}.localhost:{}/plugins/{id}{}/",
-        shared.port,
-        web.mount.text.trim_end_matches('/')
-    );
+    let web_path = grant.web_path().unwrap_or_default();
     if place != Place::Own(id) {
         return Err(not_found(format!(
-            "component `{id}`'s web UI is served on its own origin only: {home}"
+            "component `{id}`'s web UI is served on its own origin only: \
+             http://{id}.localhost:{}{web_path}/",
+            shared.port
         )));
     }
     // An open (`none`, `verify`) web UI is public files: not rate-limited, linkable from
@@ -704,9 +680,7 @@ async fn serve_web(
             cross_site: false,
             what: "the web UI",
         };
-        if let Err(error) = authorize(shared, serve, gate, request.headers()) {
-            return Ok(refusal(error));
-        }
+        authorize(shared, serve, gate, request.headers())?;
     }
     let proxy = shared.config.dev_proxy.get(id);
     if proxy.is_none() && !matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -737,11 +711,10 @@ async fn serve_web(
         )));
     };
     // The path after the mount, still encoded: `resolve` decodes it once and refuses the rest.
-    let mount_path = format!("/plugins/{id}{}", web.mount.text.trim_end_matches('/'));
     let raw = request
         .uri()
         .path()
-        .strip_prefix(&mount_path)
+        .strip_prefix(&web_path)
         .unwrap_or_default();
     let file = match web::resolve(&root, raw) {
         web::StaticFile::Found(file) => file,
@@ -756,12 +729,13 @@ async fn serve_web(
         web::StaticFile::Refused => return Err(not_found("no such file")),
     };
     let content_type = web::content_type(&file);
+    let html = content_type.starts_with("text/html");
     let opened = tokio::fs::File::open(&file)
         .await
         .map_err(|_| not_found("no such file"))?;
     let length = opened.metadata().await.map(|m| m.len()).ok();
     // HTML is read whole (at most MAX_HTML_BYTES) to take the script; the rest streams.
-    let body = if content_type.starts_with("text/html") {
+    let body = if html {
         let mut bytes = Vec::new();
         let read = tokio::io::AsyncReadExt::read_to_end(
             &mut tokio::io::AsyncReadExt::take(opened, MAX_HTML_BYTES as u64 + 1),
@@ -782,10 +756,9 @@ async fn serve_web(
     } else {
         Body::from_stream(tokio_util::io::ReaderStream::new(opened))
     };
-    let streamed = !content_type.starts_with("text/html");
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    if let (true, Some(length)) = (streamed, length) {
+    if let (false, Some(length)) = (html, length) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
     if let Ok(value) = HeaderValue::from_str(&content_type) {
@@ -856,25 +829,31 @@ async fn proxy_to(
         target.trim_end_matches('/'),
         parts.uri.path_and_query().map_or("/", |pq| pq.as_str())
     );
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(shared.config.request_timeout())
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| unavailable(e.to_string()))?;
+    // One client for every dev-proxy request: a direct connection (no system proxy), no
+    // redirects followed.
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    let client = CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| unavailable(e.clone()))?;
     let mut headers = reqwest::header::HeaderMap::new();
+    // Without Accept-Encoding the answer comes as it is, so the script can go into its HTML.
     for (name, value) in &parts.headers {
-        let skip = matches!(
-            name.as_str(),
-            TOKEN_HEADER | "cookie" | "host" | "accept-encoding"
-        ) || host_controlled(name);
-        if !skip {
+        if passed_on(name) && name != header::ACCEPT_ENCODING {
             headers.append(name.clone(), value.clone());
         }
     }
     let answer = client
         .request(parts.method.clone(), &url)
+        .timeout(shared.config.request_timeout())
         .headers(headers)
         .body(body)
         .send()
@@ -925,14 +904,17 @@ fn launch(shared: &Shared, serve: &ServeService, id: &str, request: &Request) ->
             .map(|(_, v)| v.into_owned())
     });
     let secret = code.and_then(|code| serve.redeem(id, &code));
+    shared.runtime.audit().record(
+        "serve.launch",
+        Some(id),
+        None,
+        match secret {
+            Some(_) => capbridge_runtime::audit::Outcome::Allowed,
+            None => capbridge_runtime::audit::Outcome::Denied,
+        },
+        json!({}),
+    );
     let Some(secret) = secret else {
-        shared.runtime.audit().record(
-            "serve.launch",
-            Some(id),
-            None,
-            capbridge_runtime::audit::Outcome::Denied,
-            json!({}),
-        );
         return ApiError::forbidden(
             "launch_link_invalid",
             format!(
@@ -942,18 +924,13 @@ fn launch(shared: &Shared, serve: &ServeService, id: &str, request: &Request) ->
         )
         .into_response();
     };
-    shared.runtime.audit().record(
-        "serve.launch",
-        Some(id),
-        None,
-        capbridge_runtime::audit::Outcome::Allowed,
-        json!({}),
+    let home = format!(
+        "{}/",
+        serve
+            .served(id)
+            .and_then(|grant| grant.web_path())
+            .unwrap_or_default()
     );
-    let mount = serve
-        .served(id)
-        .and_then(|g| g.web.as_ref().map(|w| w.mount.text.clone()))
-        .unwrap_or_default();
-    let home = format!("/plugins/{id}{}/", mount.trim_end_matches('/'));
     // A same-origin step, keeping the link's #fragment (a deep link into the UI; never sent to
     // the server); without script, a refresh to the UI's start.
     let page = format!(

@@ -78,9 +78,7 @@ pub async fn check_host_and_origin(
         ));
     }
     if let Some(origin) = request.headers().get(header::ORIGIN) {
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|o| shared.origins.iter().any(|a| a == o));
+        let allowed = origin.to_str().is_ok_and(|o| shared.allows_origin(o));
         if !allowed {
             return Err(ApiError::forbidden(
                 "origin_not_allowed",

@@ -603,17 +603,25 @@ fn serve(config: RuntimeConfig, config_path: &Path, args: ServeArgs) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-/// `capbridge component open`: a launch link from the bridge on `port`, printed, and opened in
-/// the person's browser (`xdg-open`) unless `print`.
-fn open_component(port: u16, id: &str, print: bool) -> anyhow::Result<ExitCode> {
+/// One request over the prompt socket of the bridge on `port`; its refusal is the error.
+fn ask_bridge(port: u16, request: &prompts::Request) -> anyhow::Result<prompts::Response> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let request = prompts::Request::OpenComponent { id: id.to_string() };
-    let response = tokio.block_on(prompts::ask(port, &request))?;
+    let response = tokio.block_on(prompts::ask(port, request))?;
     if !response.ok {
         anyhow::bail!("{}", response.error.unwrap_or_default());
     }
+    Ok(response)
+}
+
+/// `capbridge component open`: a launch link from the bridge on `port`, printed, and opened in
+/// the person's browser (`xdg-open`) unless `print`.
+fn open_component(port: u16, id: &str, print: bool) -> anyhow::Result<ExitCode> {
+    let response = ask_bridge(
+        port,
+        &prompts::Request::OpenComponent { id: id.to_string() },
+    )?;
     let url = response.url.unwrap_or_default();
     println!("{url}");
     if !print {
@@ -634,13 +642,7 @@ fn open_component(port: u16, id: &str, print: bool) -> anyhow::Result<ExitCode> 
 
 /// `capbridge stop-input`: all automation off, over the prompt socket of the bridge on `port`.
 fn stop_input(port: u16) -> anyhow::Result<ExitCode> {
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let response = tokio.block_on(prompts::ask(port, &prompts::Request::StopInput))?;
-    if !response.ok {
-        anyhow::bail!("{}", response.error.unwrap_or_default());
-    }
+    let response = ask_bridge(port, &prompts::Request::StopInput)?;
     match response.stopped.unwrap_or(0) {
         0 => println!("automation was off; it stays off until a person turns it on again"),
         n => println!("automation stopped ({n} on); a component must ask a person again"),
@@ -658,13 +660,7 @@ fn answer_prompts(port: u16, command: PromptsCommand) -> anyhow::Result<ExitCode
         PromptsCommand::Always { id } => decide(id, Decision::AllowAndWhitelist),
         PromptsCommand::Reject { id } => decide(id, Decision::Reject),
     };
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let response = tokio.block_on(prompts::ask(port, &request))?;
-    if !response.ok {
-        anyhow::bail!("{}", response.error.unwrap_or_default());
-    }
+    let response = ask_bridge(port, &request)?;
     if let Some(list) = response.prompts {
         if json {
             println!("{}", serde_json::to_string_pretty(&list)?);

@@ -57,15 +57,7 @@ async fn a_new_user_drops_in_a_dashboard_posts_to_its_webhook_and_opens_it() {
     let home = Home::new();
     let components = home.path().join("components");
     std::fs::copy(program("web-probe"), components.join("dash.wasm")).unwrap();
-    let web = components.join("dash/web/assets");
-    std::fs::create_dir_all(&web).unwrap();
-    let source = capbridge_tests::root().join("tests/programs/web-probe/web");
-    std::fs::copy(
-        source.join("index.html"),
-        components.join("dash/web/index.html"),
-    )
-    .unwrap();
-    std::fs::copy(source.join("assets/app.js"), web.join("app.js")).unwrap();
+    capbridge_tests::copy_web_probe_ui(&components.join("dash/web"));
     std::fs::write(components.join("dash/web/.env"), "TOKEN=never-served").unwrap();
     std::fs::write(home.path().join("policy/dash.toml"), POLICY).unwrap();
 

@@ -205,6 +205,17 @@ impl ServeGrant {
     pub fn under_web(&self, path: &[String]) -> Option<&WebUi> {
         self.web.as_ref().filter(|web| web.mount.contains(path))
     }
+
+    /// Where the web UI is on the component's own host, `/plugins/<id><mount>` (no trailing
+    /// `/`), when there is one.
+    pub fn web_path(&self) -> Option<String> {
+        let web = self.web.as_ref()?;
+        Some(format!(
+            "/plugins/{}{}",
+            self.component,
+            web.mount.text.trim_end_matches('/')
+        ))
+    }
 }
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -282,12 +293,11 @@ impl Grant for ServeGrant {
                 self.max_body_bytes >> 10
             )));
         }
-        if let Some(web) = &self.web {
+        if let (Some(web), Some(path)) = (&self.web, self.web_path()) {
             let text = format!(
                 "Serves the files of components/{id}/{} as a web UI at \
-                 http://{id}.localhost:<port>/plugins/{id}{} (entry {}), auth `{}`.",
+                 http://{id}.localhost:<port>{path} (entry {}), auth `{}`.",
                 web.dir.display(),
-                web.mount.text,
                 web.entry.display(),
                 web.auth.name()
             );

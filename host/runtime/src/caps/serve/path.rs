@@ -149,9 +149,7 @@ pub enum RouteMatch<'a> {
 
 /// The route for `method` on `path` (decoded segments), by tier then order.
 pub fn find<'a>(routes: &'a [Route], method: &str, path: &[String]) -> RouteMatch<'a> {
-    let takes = |route: &Route| {
-        route.methods.iter().any(|m| m == method) || (method == "HEAD" && route.takes("GET"))
-    };
+    let takes = |route: &Route| route.takes(method) || (method == "HEAD" && route.takes("GET"));
     let mut allow: Vec<String> = Vec::new();
     for tier in 0..3 {
         for route in routes.iter().filter(|r| r.pattern.tier() == tier) {
